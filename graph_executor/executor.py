@@ -1,0 +1,169 @@
+"""Compile a graph structure once into a plan; run it on a batch of parameter sets as one tensor program."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, fields
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from graph_executor.errors import GraphError
+from graph_executor.ir import OUTPUT_PORTS, Graph
+from graph_executor.schema import NodeSpec, ParamKind, ParamSpec, PortKind
+
+ParamTensors = dict[str, dict[str, torch.Tensor]]
+SUPPORTED_RES = tuple(2**k for k in range(6, 12))
+_LUMA = (0.299, 0.587, 0.114)
+
+
+@dataclass
+class MaterialMaps:
+    """SVBRDF maps, each (B,C,H,W) in [0,1]; normal is tangent-space encoded as (n+1)/2."""
+
+    basecolor: torch.Tensor
+    normal: torch.Tensor
+    roughness: torch.Tensor
+    metallic: torch.Tensor
+    height: torch.Tensor
+
+    def items(self):
+        return ((f.name, getattr(self, f.name)) for f in fields(self))
+
+    def finite_per_sample(self) -> torch.Tensor:
+        ok = torch.ones(self.basecolor.shape[0], dtype=torch.bool, device=self.basecolor.device)
+        for _, t in self.items():
+            ok &= torch.isfinite(t).flatten(1).all(1)
+        return ok
+
+
+@dataclass
+class NodeContext:
+    """What a node function may know besides its inputs and parameters."""
+
+    res: int
+    batch: int
+    device: torch.device
+    seed: torch.Tensor  # (B,) int64: run seed mixed with the node's name; nodes mix in their own seed
+    cache: dict
+
+    def coords(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixel-centre coordinates in [0,1), each (1,1,H,W); x grows right, y grows down."""
+        key = ("coords", self.res, self.device)
+        if key not in self.cache:
+            t = (torch.arange(self.res, device=self.device, dtype=torch.float32) + 0.5) / self.res
+            self.cache[key] = (t.view(1, 1, 1, -1).expand(1, 1, self.res, self.res),
+                               t.view(1, 1, -1, 1).expand(1, 1, self.res, self.res))
+        return self.cache[key]
+
+
+def _to_port(x: torch.Tensor, kind: PortKind) -> torch.Tensor:
+    if kind is PortKind.GRAY and x.shape[1] == 3:
+        w = torch.tensor(_LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        return (x * w).sum(1, keepdim=True)
+    if kind is PortKind.COLOR and x.shape[1] == 1:
+        return x.expand(-1, 3, -1, -1)
+    return x
+
+
+def _value_tensor(spec: ParamSpec, values: list[Any], device) -> torch.Tensor:
+    if spec.kind is ParamKind.BOOL:
+        return torch.tensor(values, dtype=torch.bool, device=device)
+    if spec.kind is ParamKind.ENUM:
+        return torch.tensor([spec.choices.index(v) for v in values], dtype=torch.long, device=device)
+    if spec.kind is ParamKind.INT:
+        return torch.tensor(values, dtype=torch.long, device=device)
+    return torch.tensor(values, dtype=torch.float32, device=device)
+
+
+@dataclass
+class _Step:
+    name: str
+    spec: NodeSpec
+    inputs: dict[str, tuple[str, str]]
+    salt: int
+    release: tuple[tuple[str, str], ...]
+
+
+class Plan:
+    """A compiled structure: topological steps, port conversions and intermediate lifetimes."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        last_use: dict[tuple[str, str], int] = {}
+        steps = list(graph.nodes.values())
+        for i, n in enumerate(steps):
+            for ref in n.inputs.values():
+                last_use[(ref.node, ref.port)] = i
+        self.steps: list[_Step] = []
+        for i, n in enumerate(steps):
+            release = tuple(k for k, last in last_use.items() if last == i)
+            self.steps.append(_Step(n.name, n.spec, {p: (r.node, r.port) for p, r in n.inputs.items()},
+                                    zlib.crc32(n.name.encode()), release))
+
+    def stack(self, param_sets: Sequence[Mapping[str, Mapping[str, Any]]] | None = None,
+              batch: int | None = None, device: str | torch.device = "cpu") -> ParamTensors:
+        """Turn per-sample parameter overrides into batched tensors; missing values come from the graph.
+
+        Every override is validated against the schema, so a NaN or out-of-range value raises
+        GraphError naming the node and parameter.
+        """
+        if param_sets is None:
+            param_sets = [{}] * (batch or 1)
+        for overrides in param_sets:
+            for node_name, params in overrides.items():
+                if node_name not in self.graph.nodes:
+                    raise GraphError("no such node in the graph", node_name)
+                spec = self.graph.nodes[node_name].spec
+                for pname in params:
+                    if pname not in {p.name for p in spec.params}:
+                        raise GraphError(f"unknown parameter for node type '{spec.type}'", node_name, pname)
+        out: ParamTensors = {}
+        for n in self.graph.nodes.values():
+            out[n.name] = {}
+            for spec in n.spec.params:
+                vals = [spec.check(s.get(n.name, {}).get(spec.name, n.params[spec.name]), n.name)
+                        for s in param_sets]
+                out[n.name][spec.name] = _value_tensor(spec, vals, device)
+        return out
+
+    def run(self, params: ParamTensors, res: int = 256, seed: int | Sequence[int] | torch.Tensor = 0,
+            device: str | torch.device | None = None) -> MaterialMaps:
+        """Evaluate the batch; `seed` is one int or one per sample (a batch equals its single runs)."""
+        if res not in SUPPORTED_RES:
+            raise GraphError(f"unsupported resolution {res}; supported: {list(SUPPORTED_RES)}")
+        first = next(iter(next(iter(params.values())).values()), None) if params else None
+        batch = int(first.shape[0]) if first is not None else 1
+        device = torch.device(device) if device is not None else (first.device if first is not None
+                                                                   else torch.device("cpu"))
+        seeds = torch.as_tensor(seed, dtype=torch.long, device=device).reshape(-1)
+        if seeds.numel() == 1:
+            seeds = seeds.expand(batch)
+        if seeds.numel() != batch:
+            raise GraphError(f"got {seeds.numel()} seeds for a batch of {batch}")
+        cache: dict = {}
+        values: dict[tuple[str, str], torch.Tensor] = {}
+        result = None
+        with torch.no_grad():
+            for step in self.steps:
+                node_params = {k: v.to(device) for k, v in params[step.name].items()}
+                inputs = {port: _to_port(values[src], step.spec.inputs[port])
+                          for port, src in step.inputs.items()}
+                for port in step.spec.optional_inputs:
+                    inputs.setdefault(port, None)
+                ctx = NodeContext(res, batch, device, (seeds * 1000003 + step.salt) & 0x7FFFFFFF, cache)
+                produced = step.spec.fn(ctx, inputs, node_params)
+                for port, kind in step.spec.outputs.items():
+                    values[(step.name, port)] = produced[port]
+                if step.spec.type == "output":
+                    result = produced
+                for key in step.release:
+                    values.pop(key, None)
+        return MaterialMaps(**{p: result[p] for p in OUTPUT_PORTS})
+
+
+def execute(graph: Graph, res: int = 256, seed: int = 0, device: str = "cpu",
+            param_sets: Sequence[Mapping[str, Mapping[str, Any]]] | None = None) -> MaterialMaps:
+    """One-shot convenience: compile, stack and run."""
+    plan = Plan(graph)
+    return plan.run(plan.stack(param_sets, device=device), res=res, seed=seed, device=device)

@@ -1,0 +1,205 @@
+"""Batched, tileable building blocks shared by node implementations.
+
+Every random quantity comes from an integer hash of (lattice coordinates, per-sample seed), so a
+sample's output depends only on its own parameters and seed, never on its position in the batch,
+and lattice coordinates wrap modulo an integer period, so every noise tiles.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from graph_executor.executor import NodeContext
+
+M32 = 0xFFFFFFFF
+
+
+def bc(p: torch.Tensor) -> torch.Tensor:
+    """Broadcast a per-sample parameter (B,) or (B,K) to (B,1|K,1,1)."""
+    if p.dim() == 1:
+        return p.view(-1, 1, 1, 1)
+    return p.view(p.shape[0], p.shape[1], 1, 1)
+
+
+def node_seed(ctx: NodeContext, seed_param: torch.Tensor) -> torch.Tensor:
+    """(B,) int64 seed mixing the run seed, the node's identity and its `seed` parameter."""
+    return hash_u32(ctx.seed, seed_param.long())
+
+
+def hash_u32(*keys: torch.Tensor) -> torch.Tensor:
+    """Integer hash of broadcastable int64 tensors into [0, 2^32); 31-bit constants keep it exact."""
+    h = torch.zeros((), dtype=torch.long, device=keys[0].device) + 0x2545F491
+    for k in keys:
+        h = ((h ^ (k & M32)) * 0x27D4EB2F) & M32
+        h = h ^ (h >> 15)
+    h = (h * 0x165667B1) & M32
+    return h ^ (h >> 13)
+
+
+def hash_unit(*keys: torch.Tensor) -> torch.Tensor:
+    """Hash to floats uniform in [0,1)."""
+    return hash_u32(*keys).to(torch.float32) * (1.0 / 4294967296.0)
+
+
+def lattice(ctx: NodeContext, period: torch.Tensor):
+    """Integer cell coordinates and fractions for a per-sample integer period.
+
+    Returns (ix0, iy0, ix1, iy1, fx, fy): cells (B,1,H,W) int64 wrapped modulo the period, and
+    the fractional position inside the cell.
+    """
+    x, y = ctx.coords()
+    p = bc(period.clamp(min=1)).float()
+    u, v = x * p, y * p
+    fu, fv = torch.floor(u), torch.floor(v)
+    pl = bc(period.clamp(min=1))
+    ix0, iy0 = fu.long() % pl, fv.long() % pl
+    return ix0, iy0, (ix0 + 1) % pl, (iy0 + 1) % pl, u - fu, v - fv
+
+
+def fade(t: torch.Tensor) -> torch.Tensor:
+    return t * t * t * (t * (t * 6 - 15) + 10)
+
+
+def interpolation_matrices(ctx: NodeContext, period: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lattice interpolation matrices (B, res, Pmax) for per-sample integer periods.
+
+    `weights[b, x, i]` is the faded weight of lattice column i at pixel x, and `offsets` the same
+    weight times the pixel's offset from that lattice point. Lattice noises are separable bilinear
+    forms over these matrices, so a whole octave is two small batched matmuls instead of dozens
+    of full-resolution elementwise passes. Columns wrap modulo the period, so the result tiles.
+    """
+    key = ("lattice", ctx.res, ctx.device, tuple(period.tolist()))
+    if key in ctx.cache:
+        return ctx.cache[key]
+    period = period.clamp(min=1)
+    pmax = int(period.max().item())
+    x = (torch.arange(ctx.res, device=ctx.device, dtype=torch.float32) + 0.5) / ctx.res
+    u = x.view(1, -1) * period.view(-1, 1).float()
+    cell = torch.floor(u)
+    f = u - cell
+    i0 = cell.long() % period.view(-1, 1)
+    i1 = (i0 + 1) % period.view(-1, 1)
+    w1 = fade(f)
+    w0 = 1 - w1
+    weights = torch.zeros(period.shape[0], ctx.res, pmax, device=ctx.device)
+    offsets = torch.zeros_like(weights)
+    weights.scatter_add_(2, i0.unsqueeze(2), w0.unsqueeze(2))
+    weights.scatter_add_(2, i1.unsqueeze(2), w1.unsqueeze(2))
+    offsets.scatter_add_(2, i0.unsqueeze(2), (w0 * f).unsqueeze(2))
+    offsets.scatter_add_(2, i1.unsqueeze(2), (w1 * (f - 1)).unsqueeze(2))
+    ctx.cache[key] = (weights, offsets)
+    return weights, offsets
+
+
+def lattice_hash(ctx: NodeContext, period: torch.Tensor, seed: torch.Tensor, salt: int = 0) -> torch.Tensor:
+    """Uniform [0,1) values on each sample's (Pmax, Pmax) lattice, indexed [row, column]."""
+    pmax = int(period.clamp(min=1).max().item())
+    i = torch.arange(pmax, device=ctx.device)
+    return hash_unit(i.view(1, 1, -1), i.view(1, -1, 1), seed.view(-1, 1, 1), torch.tensor(salt, device=ctx.device))
+
+
+def perlin(ctx: NodeContext, period: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+    """Tileable gradient noise with `period` cells across the image, roughly in [-1,1]; (B,1,H,W)."""
+    weights, offsets = interpolation_matrices(ctx, period)
+    angle = lattice_hash(ctx, period, seed) * (2 * math.pi)
+    gx, gy = torch.cos(angle), torch.sin(angle)
+    n = weights @ gx @ offsets.transpose(1, 2) + offsets @ gy @ weights.transpose(1, 2)
+    return (n * math.sqrt(2.0)).unsqueeze(1)
+
+
+def value_noise(ctx: NodeContext, period: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+    """Tileable smooth value noise in [0,1]; (B,1,H,W)."""
+    weights, _ = interpolation_matrices(ctx, period)
+    table = lattice_hash(ctx, period, seed)
+    return (weights @ table @ weights.transpose(1, 2)).unsqueeze(1)
+
+
+def octave_period(base: torch.Tensor, lacunarity: torch.Tensor, octave: int, res: int) -> torch.Tensor:
+    """Integer period of an fBm octave (integer so the octave tiles), capped at half the resolution."""
+    p = torch.round(base.float() * lacunarity.float() ** octave)
+    return p.clamp(1, res // 2).long()
+
+
+def fbm(ctx: NodeContext, basis, scale: torch.Tensor, octaves: torch.Tensor, persistence: torch.Tensor,
+        lacunarity: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+    """Sum octaves of a noise `basis(ctx, period, seed)` with per-sample octave counts, normalised."""
+    total = torch.zeros(ctx.batch, 1, ctx.res, ctx.res, device=ctx.device)
+    norm = torch.zeros(ctx.batch, 1, 1, 1, device=ctx.device)
+    amp = torch.ones(ctx.batch, 1, 1, 1, device=ctx.device)
+    for o in range(int(octaves.max().item())):
+        active = bc((octaves > o).float())
+        period = octave_period(scale, lacunarity, o, ctx.res)
+        total = total + basis(ctx, period, hash_u32(seed, torch.full_like(seed, o))) * amp * active
+        norm = norm + amp * active
+        amp = amp * bc(persistence)
+    return total / norm.clamp(min=1e-6)
+
+
+def wrap_sample(img: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Bilinear lookup of img (B,C,H,W) at coordinates x,y in image units (any real; wraps around)."""
+    B, C, H, W = img.shape
+    px = x * W - 0.5
+    py = y * H - 0.5
+    x0, y0 = torch.floor(px), torch.floor(py)
+    fx, fy = px - x0, py - y0
+    x0 = x0.long() % W
+    y0 = y0.long() % H
+    x1, y1 = (x0 + 1) % W, (y0 + 1) % H
+    flat = img.reshape(B, C, H * W)
+
+    def at(yy, xx):
+        idx = (yy * W + xx).reshape(B, 1, -1).expand(B, C, -1)
+        return flat.gather(2, idx).view(B, C, *x.shape[-2:])
+
+    top = torch.lerp(at(y0, x0), at(y0, x1), fx)
+    bottom = torch.lerp(at(y1, x0), at(y1, x1), fx)
+    return torch.lerp(top, bottom, fy)
+
+
+def frequencies(res: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frequency grids (cycles per image) matching torch.fft.rfft2 of an (H,W)=(res,res) image."""
+    fy = torch.fft.fftfreq(res, d=1.0 / res, device=device).view(1, 1, -1, 1)
+    fx = torch.fft.rfftfreq(res, d=1.0 / res, device=device).view(1, 1, 1, -1)
+    return fx, fy
+
+
+def fft_filter(img: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
+    """Circular (hence tileable) convolution by a frequency response shaped like rfft2(img)."""
+    spec = torch.fft.rfft2(img)
+    return torch.fft.irfft2(spec * response, s=img.shape[-2:])
+
+
+def gaussian_blur(img: torch.Tensor, sigma_px: torch.Tensor) -> torch.Tensor:
+    """Per-sample Gaussian blur with standard deviation `sigma_px` (B,) in pixels; wraps around."""
+    res = img.shape[-1]
+    fx, fy = frequencies(res, img.device)
+    s = bc(sigma_px) / res
+    response = torch.exp(-2 * (math.pi ** 2) * (s ** 2) * (fx ** 2 + fy ** 2))
+    return fft_filter(img, response)
+
+
+def gradients(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Central differences with wrap-around, in units per pixel."""
+    dx = (torch.roll(img, -1, dims=-1) - torch.roll(img, 1, dims=-1)) * 0.5
+    dy = (torch.roll(img, -1, dims=-2) - torch.roll(img, 1, dims=-2)) * 0.5
+    return dx, dy
+
+
+def normalize_channels(v: torch.Tensor) -> torch.Tensor:
+    """Unit vectors along dim 1; written out because linalg.norm over a 3-wide dim is very slow on CPU."""
+    x, y, z = v[:, 0:1], v[:, 1:2], v[:, 2:3]
+    return v * torch.rsqrt((x * x + y * y + z * z).clamp(min=1e-12))
+
+
+def luminance(img: torch.Tensor) -> torch.Tensor:
+    if img.shape[1] == 1:
+        return img
+    w = torch.tensor([0.299, 0.587, 0.114], device=img.device, dtype=img.dtype).view(1, 3, 1, 1)
+    return (img * w).sum(1, keepdim=True)
+
+
+def full(ctx: NodeContext, value: torch.Tensor, channels: int = 1) -> torch.Tensor:
+    """A constant image per sample from a (B,) or (B,C) parameter."""
+    return bc(value).float().expand(ctx.batch, channels, ctx.res, ctx.res).contiguous()

@@ -1,0 +1,1 @@
+"""Pattern generators (bricks, tiles, shapes, gradients). All tile seamlessly."""

@@ -1,0 +1,1 @@
+"""Subcommands: each module defines `register(subparsers)` and sets `run` on its parser."""
