@@ -51,6 +51,19 @@ class ParamSpec:
             return self.size
         return 1
 
+    def random_value(self, rng) -> Any:
+        """A uniform draw over the declared range (a `random.Random`); used by fuzzing and generators."""
+        k = self.kind
+        if k is ParamKind.BOOL:
+            return rng.random() < 0.5
+        if k is ParamKind.ENUM:
+            return rng.choice(self.choices)
+        if k is ParamKind.INT:
+            return rng.randint(int(math.ceil(self.low)), int(math.floor(self.high)))
+        if k is ParamKind.FLOAT:
+            return rng.uniform(self.low, self.high)
+        return [rng.uniform(self.low, self.high) for _ in range(self.components)]
+
     def check(self, value: Any, node: str) -> Any:
         """Validate a JSON value against this spec and return its canonical Python form."""
         k = self.kind
