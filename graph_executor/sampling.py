@@ -1,0 +1,170 @@
+"""Random draws of a graph's predicted parameters that stay close to its material.
+
+Each predicted parameter is perturbed around the graph's authored value by a fraction of its
+schema range (colours by a brightness factor and a small per-channel shift), or drawn uniformly
+from a per-graph range given in the graph's meta:
+
+    "meta": {"sampling": {"spread": 0.2,                      # overrides SamplingConfig fields
+                          "ranges": {"bricks.rows": [4, 12],  # float/int: [low, high]
+                                     "mix.mode": ["multiply", "overlay"],    # enum: choices
+                                     "tint.color": [[0.2, 0.1, 0.0], [0.5, 0.3, 0.2]]},
+                          "fixed": ["warp.intensity"]}}       # always the authored value
+
+Draws are deterministic for (graph, n, seed), and sample i does not depend on n.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+
+from graph_executor.errors import GraphError
+from graph_executor.ir import Graph
+from graph_executor.schema import ParamKind, ParamSpec
+
+ParamSet = dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How far draws stray from the authored values (fractions of each parameter's range)."""
+
+    spread: float = 0.15
+    color_spread: float = 0.12
+    enum_flip: float = 0.1
+    bool_flip: float = 0.1
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """How one predicted parameter is drawn: around `value`, from `range`, or kept fixed."""
+
+    node: str
+    spec: ParamSpec
+    value: Any
+    range: Any = None
+    fixed: bool = False
+
+
+def predicted_parameters(graph: Graph) -> list[tuple[str, ParamSpec]]:
+    """(node, spec) of every predicted parameter, in graph order then schema order."""
+    return [(n.name, spec) for n in graph.nodes.values() for spec in n.spec.params if spec.predicted]
+
+
+def _sampling_meta(graph: Graph) -> dict:
+    meta = graph.meta.get("sampling", {})
+    if not isinstance(meta, dict):
+        raise GraphError("meta 'sampling' must be an object")
+    unknown = set(meta) - {"ranges", "fixed"} - {f.name for f in fields(SamplingConfig)}
+    if unknown:
+        raise GraphError(f"meta 'sampling' has unknown keys {sorted(unknown)}")
+    for key in set(meta) - {"ranges", "fixed"}:
+        value = meta[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise GraphError(f"meta sampling '{key}' must be a number in [0, 1], got {value!r}")
+    return meta
+
+
+def _split_key(key: Any, graph: Graph, what: str) -> tuple[str, ParamSpec]:
+    if not isinstance(key, str) or "." not in key:
+        raise GraphError(f"meta sampling {what} key {key!r} must read 'node.param'")
+    node_name, pname = key.split(".", 1)
+    if node_name not in graph.nodes:
+        raise GraphError(f"meta sampling {what} names a missing node", node_name)
+    try:
+        spec = graph.nodes[node_name].spec.param(pname)
+    except KeyError:
+        raise GraphError(f"meta sampling {what} names an unknown parameter", node_name, pname) from None
+    if not spec.predicted:
+        raise GraphError(f"meta sampling {what} names a parameter that is not predicted", node_name, pname)
+    return node_name, spec
+
+
+def _check_range(spec: ParamSpec, node: str, rng: Any) -> Any:
+    if spec.kind is ParamKind.ENUM:
+        if not isinstance(rng, list) or not rng:
+            raise GraphError("sampling range of an enum must be a non-empty list of choices", node, spec.name)
+        return [spec.check(choice, node) for choice in rng]
+    if spec.kind is ParamKind.BOOL:
+        raise GraphError("bool parameters take no sampling range (use 'fixed' or bool_flip)", node, spec.name)
+    if not isinstance(rng, list) or len(rng) != 2:
+        raise GraphError(f"sampling range must be [low, high], got {rng!r}", node, spec.name)
+    low, high = (spec.check(bound, node) for bound in rng)
+    if np.any(np.asarray(low, dtype=float) > np.asarray(high, dtype=float)):
+        raise GraphError(f"sampling range {rng!r} has low above high", node, spec.name)
+    return [low, high]
+
+
+def _rules(graph: Graph) -> tuple[list[_Rule], dict]:
+    meta = _sampling_meta(graph)
+    ranges: dict[tuple[str, str], Any] = {}
+    raw_ranges = meta.get("ranges", {})
+    if not isinstance(raw_ranges, dict):
+        raise GraphError("meta sampling 'ranges' must be an object")
+    for key, rng in raw_ranges.items():
+        node_name, spec = _split_key(key, graph, "range")
+        ranges[(node_name, spec.name)] = _check_range(spec, node_name, rng)
+    raw_fixed = meta.get("fixed", [])
+    if not isinstance(raw_fixed, list):
+        raise GraphError("meta sampling 'fixed' must be a list of 'node.param'")
+    fixed = set()
+    for key in raw_fixed:
+        node_name, spec = _split_key(key, graph, "fixed")
+        fixed.add((node_name, spec.name))
+    rules = [_Rule(node_name, spec, graph.nodes[node_name].params[spec.name],
+                   ranges.get((node_name, spec.name)), (node_name, spec.name) in fixed)
+             for node_name, spec in predicted_parameters(graph)]
+    overrides = {k: v for k, v in meta.items() if k not in ("ranges", "fixed")}
+    return rules, overrides
+
+
+def _draw(rule: _Rule, rng: np.random.Generator, cfg: SamplingConfig) -> Any:
+    spec, value = rule.spec, rule.value
+    if rule.fixed:
+        return value
+    kind = spec.kind
+    if kind is ParamKind.BOOL:
+        return (not value) if rng.random() < cfg.bool_flip else value
+    if kind is ParamKind.ENUM:
+        if rule.range is not None:
+            return rule.range[int(rng.integers(len(rule.range)))]
+        others = [c for c in spec.choices if c != value]
+        if others and rng.random() < cfg.enum_flip:
+            return others[int(rng.integers(len(others)))]
+        return value
+    if rule.range is not None:
+        low, high = (np.asarray(b, dtype=float) for b in rule.range)
+        if kind is ParamKind.INT:
+            return int(rng.integers(int(low), int(high) + 1))
+        drawn = low + rng.random(low.shape) * (high - low)
+    elif kind is ParamKind.COLOR:
+        base = np.asarray(value, dtype=float)
+        brightness = 1 + cfg.color_spread * 2 * (rng.random() * 2 - 1)
+        drawn = base * brightness + cfg.color_spread * 0.5 * (rng.random(3) * 2 - 1)
+    else:
+        base = np.asarray(value, dtype=float)
+        drawn = base + cfg.spread * (spec.high - spec.low) * (rng.random(base.shape) * 2 - 1)
+    drawn = np.clip(drawn, spec.low, spec.high)
+    if kind is ParamKind.INT:
+        return int(np.clip(np.rint(drawn), spec.low, spec.high))
+    if kind is ParamKind.FLOAT:
+        return float(drawn)
+    return [float(v) for v in np.atleast_1d(drawn)]
+
+
+def sample_parameters(graph: Graph, n: int, seed: int, config: SamplingConfig = SamplingConfig()) -> list[ParamSet]:
+    """`n` parameter sets {node: {param: value}} covering every predicted parameter of `graph`."""
+    if n < 0:
+        raise ValueError(f"n must be non-negative, got {n}")
+    rules, overrides = _rules(graph)
+    cfg = replace(config, **overrides)
+    draws: list[ParamSet] = []
+    for i in range(n):
+        rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, i])
+        sample: ParamSet = {}
+        for rule in rules:
+            sample.setdefault(rule.node, {})[rule.spec.name] = _draw(rule, rng, cfg)
+        draws.append(sample)
+    return draws
