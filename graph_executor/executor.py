@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import zlib
 from dataclasses import dataclass, fields
 from typing import Any, Mapping, Sequence
@@ -128,8 +129,11 @@ class Plan:
         return out
 
     def run(self, params: ParamTensors, res: int = 256, seed: int | Sequence[int] | torch.Tensor = 0,
-            device: str | torch.device | None = None) -> MaterialMaps:
-        """Evaluate the batch; `seed` is one int or one per sample (a batch equals its single runs)."""
+            device: str | torch.device | None = None, step_times: dict[str, float] | None = None) -> MaterialMaps:
+        """Evaluate the batch; `seed` is one int or one per sample (a batch equals its single runs).
+
+        Pass a dict as `step_times` to accumulate seconds per node (synchronising CUDA per node).
+        """
         if res not in SUPPORTED_RES:
             raise GraphError(f"unsupported resolution {res}; supported: {list(SUPPORTED_RES)}")
         first = next(iter(next(iter(params.values())).values()), None) if params else None
@@ -152,7 +156,12 @@ class Plan:
                 for port in step.spec.optional_inputs:
                     inputs.setdefault(port, None)
                 ctx = NodeContext(res, batch, device, (seeds * 1000003 + step.salt) & 0x7FFFFFFF, cache)
+                started = time.perf_counter() if step_times is not None else 0.0
                 produced = step.spec.fn(ctx, inputs, node_params)
+                if step_times is not None:
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    step_times[step.name] = step_times.get(step.name, 0.0) + time.perf_counter() - started
                 for port, kind in step.spec.outputs.items():
                     values[(step.name, port)] = produced[port]
                 if step.spec.type == "output":

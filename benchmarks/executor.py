@@ -1,0 +1,97 @@
+"""Executor throughput: samples/s (execute + flash render) of the median library graph, CPU one thread and CUDA.
+
+    python benchmarks/executor.py                 # full table: 256² and 512², batch 1/8/32, per-node breakdown
+    python benchmarks/executor.py --quick --json  # fewer repeats; prints the summary JSON last
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from graph_executor.executor import Plan
+from graph_executor.library import library_graphs
+from graph_executor.render import render_flash
+
+
+def median_graph():
+    graphs = sorted(library_graphs().values(), key=lambda g: (len(g.nodes), g.name))
+    return graphs[len(graphs) // 2]
+
+
+def throughput(plan: Plan, res: int, batch: int, device: str, repeats: int) -> float:
+    params = plan.stack(batch=batch, device=device)
+    seeds = list(range(batch))
+
+    def once():
+        img = render_flash(plan.run(params, res=res, seed=seeds, device=device))
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return img
+
+    once()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - started)
+    return batch / statistics.median(times)
+
+
+def node_breakdown(plan: Plan, res: int, batch: int, device: str) -> list[tuple[str, str, float]]:
+    params = plan.stack(batch=batch, device=device)
+    plan.run(params, res=res, device=device)
+    step_times: dict[str, float] = {}
+    plan.run(params, res=res, device=device, step_times=step_times)
+    types = {n.name: n.type for n in plan.graph.nodes.values()}
+    return sorted(((name, types[name], t / batch) for name, t in step_times.items()), key=lambda r: -r[2])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--device", choices=["cpu", "cuda", "both"], default="both")
+    parser.add_argument("--cuda-batches", default="32,128,512")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    graph = median_graph()
+    plan = Plan(graph)
+    predicted = sum(p.predicted for n in graph.nodes.values() for p in n.spec.params)
+    print(f"graph: {graph.name} ({graph.category}), {len(graph.nodes)} nodes, {predicted} predicted parameters")
+    repeats = 2 if args.quick else 5
+    rows = []
+    summary = {}
+    if args.device in ("cpu", "both"):
+        for res in (256, 512):
+            per_batch = {}
+            for batch in ((1, 8) if args.quick and res == 512 else (1, 8, 32)):
+                per_batch[batch] = throughput(plan, res, batch, "cpu", repeats)
+                rows.append(("cpu (1 thread)", res, batch, per_batch[batch]))
+            summary[f"cpu_samples_per_s_per_core_{res}"] = round(max(per_batch.values()), 2)
+            if res == 256:
+                summary["batch_speedup_8"] = round(per_batch[8] / per_batch[1], 2)
+    if args.device in ("cuda", "both") and torch.cuda.is_available():
+        best = 0.0
+        for batch in [int(b) for b in args.cuda_batches.split(",")]:
+            rate = throughput(plan, 256, batch, "cuda", repeats)
+            rows.append((torch.cuda.get_device_name(), 256, batch, rate))
+            best = max(best, rate)
+        summary["cuda_samples_per_s_256"] = round(best, 1)
+    print(f"\n{'device':28s} {'res':>5s} {'batch':>6s} {'samples/s':>10s}")
+    for device, res, batch, rate in rows:
+        print(f"{device:28s} {res:5d} {batch:6d} {rate:10.1f}")
+    breakdown_device = "cuda" if args.device == "cuda" else "cpu"
+    print(f"\nper-node time, {breakdown_device}, 256², batch 8 (ms per sample)")
+    for name, type_, seconds in node_breakdown(plan, 256, 8, breakdown_device)[: 12 if args.quick else None]:
+        print(f"  {name:24s} {type_:22s} {seconds * 1e3:8.3f}")
+    if args.json:
+        print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
