@@ -1,0 +1,1 @@
+"""The parameter policy: graph tokenizer, image encoders, transformer policy/value networks, sampler."""
