@@ -1,0 +1,1 @@
+"""Learning: synthetic dataset, supervised pre-training, checkpoints (and later the replay buffer and PPO)."""
