@@ -56,3 +56,51 @@ def imagenet_effnet_input(images: torch.Tensor) -> torch.Tensor:
         images = torch.nn.functional.interpolate(images, size=(EFFNET_INPUT_RES, EFFNET_INPUT_RES),
                                                  mode="bicubic", antialias=True, align_corners=False)
     return (images - 0.5) / 0.5
+
+
+VGG19_POOL_INDICES = (4, 9, 18, 27, 36)  # pool1..pool5 in torchvision's vgg19().features
+VGG19_CACHE_NAME = "vgg19-dcbb9e9d.pth"  # the file torchvision's IMAGENET1K_V1 download writes
+
+
+def _vgg19_cached_weights() -> Path | None:
+    path = Path(torch.hub.get_dir()) / "checkpoints" / VGG19_CACHE_NAME
+    return path if path.is_file() else None
+
+
+def build_vgg19_avgpool(weights: str | Path | None = None, *, download: bool = False,
+                        allow_unweighted: bool = False) -> torch.nn.Sequential:
+    """torchvision's VGG19 `features` with every max-pool replaced by a 2×2 average pool (Gatys et al.).
+
+    Weights come from `weights` (a full VGG19 or a features-only state dict), else from torchvision's
+    IMAGENET1K_V1 file when it is already in the torch hub cache, else are downloaded only when
+    `download=True`. Without any of these it raises WeightsUnavailable, unless the caller explicitly
+    asks for an unweighted network with `allow_unweighted=True` (tests of the plumbing only).
+    Expects inputs normalised with ImageNet mean/std.
+    """
+    from torchvision.models import VGG19_Weights, vgg19
+
+    model = vgg19(weights=None)
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise WeightsUnavailable(f"VGG19 weights not found at {path}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if any(k.startswith("features.") for k in state):
+            state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+        try:
+            model.features.load_state_dict(state)
+        except RuntimeError as err:
+            raise WeightsUnavailable(f"{path} is not a VGG19 state dict: {err}") from None
+    elif (cached := _vgg19_cached_weights()) is not None:
+        model.features.load_state_dict(
+            {k[len("features."):]: v for k, v in torch.load(cached, map_location="cpu", weights_only=True).items()
+             if k.startswith("features.")})
+    elif download:
+        model = vgg19(weights=VGG19_Weights.IMAGENET1K_V1)
+    elif not allow_unweighted:
+        raise WeightsUnavailable("VGG19 needs ImageNet weights: pass weights=PATH, or download=True on a host "
+                                 "that can reach download.pytorch.org; a random VGG19 is never a silent fallback")
+    features = model.features
+    for i in VGG19_POOL_INDICES:
+        features[i] = torch.nn.AvgPool2d(kernel_size=2, stride=2)
+    return features.eval().requires_grad_(False)

@@ -1,0 +1,68 @@
+"""Typed configuration of the appearance metric and of a reward worker."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from graph_executor.executor import SUPPORTED_RES
+
+
+class MetricConfig(BaseModel):
+    """R = 1 − (λ_gram·L_gram + λ_lab·L_lab) (paper Eq. 5–6, ProcMatRL's weights by default).
+
+    L_gram = mean over stages of scale_s · mean|G_s(x) − G_s(y)|, G = F·Fᵀ/(H·W); `stage_scales`
+    None takes the backbone's calibrated defaults (reward_service.backbones). L_lab = mean over
+    pixels of (w_L|ΔL*| + w_a|Δa*| + w_b|Δb*|)/3 on images average-pooled by `lab_pool`.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backbone: Literal["efficientnet_lite0", "vgg19"] = "efficientnet_lite0"
+    weights: str | None = Field(None, description="checkpoint path; None: the backbone's offline default")
+    download: bool = Field(False, description="vgg19 only: let torchvision download ImageNet weights")
+    allow_unweighted: bool = Field(False, description="vgg19 only, tests: accept random weights explicitly")
+    image_res: int = Field(224, ge=32, le=1024)
+    lambda_gram: float = Field(2.0, ge=0)
+    lambda_lab: float = Field(0.05, ge=0)
+    lab_weights: tuple[float, float, float] = (0.2, 1.0, 1.0)
+    lab_pool: int = Field(16, ge=1)
+    stage_scales: tuple[float, ...] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "MetricConfig":
+        if self.image_res % self.lab_pool:
+            raise ValueError(f"image_res {self.image_res} is not a multiple of lab_pool {self.lab_pool}")
+        if any(w < 0 for w in self.lab_weights):
+            raise ValueError(f"lab_weights must be non-negative, got {self.lab_weights}")
+        if self.stage_scales is not None and any(s < 0 for s in self.stage_scales):
+            raise ValueError(f"stage_scales must be non-negative, got {self.stage_scales}")
+        return self
+
+
+class RewardConfig(BaseModel):
+    """A reward worker: executor resolution, caches, limits on targets, and the failure reward."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    metric: MetricConfig = MetricConfig()
+    res: int = Field(256, description="executor resolution; renders are resized to metric.image_res")
+    device: str = "cpu"
+    torch_threads: int | None = Field(1, ge=1, description="None leaves torch's thread count alone")
+    micro_batch: int = Field(16, ge=1, description="samples per executor call; timeouts are checked between calls")
+    failure_reward: float = -1.0
+    default_timeout_s: float = Field(120.0, gt=0)
+    plan_cache_size: int = Field(64, ge=1)
+    target_cache_size: int = Field(256, ge=1)
+    min_target_side: int = Field(16, ge=1)
+    max_target_side: int = Field(4096, ge=1)
+    max_target_bytes: int = Field(64 << 20, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "RewardConfig":
+        if self.res not in SUPPORTED_RES:
+            raise ValueError(f"res {self.res} not supported by the executor; supported: {list(SUPPORTED_RES)}")
+        if self.min_target_side > self.max_target_side:
+            raise ValueError("min_target_side exceeds max_target_side")
+        return self

@@ -1,0 +1,334 @@
+"""RewardWorker: execute a batch of parameter sets of one graph, render it and score it against a target.
+
+A plain class (the Ray actor and the gRPC server are thin shells around it). Request-level problems
+(undecodable target, unknown target key, inconsistent lengths) raise RequestError; anything that goes
+wrong with a sample — invalid or NaN parameter, executor exception, non-finite maps or render, timeout,
+an unparsable graph — gives that sample `failure_reward`, ok=False and a reason naming the culprit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Union
+
+import numpy as np
+import torch
+
+from graph_executor.errors import GraphError
+from graph_executor.executor import Plan
+from graph_executor.ir import Graph, loads_graph
+from graph_executor.render import render_flash
+from reward_service.config import RewardConfig
+from reward_service.metrics import AppearanceMetric, Descriptor
+
+LIBRARY_PREFIX = "lib:"
+TargetImage = Union[np.ndarray, torch.Tensor, bytes, str]
+
+
+class RequestError(ValueError):
+    """The request itself is malformed (not one of its samples); names the culprit field."""
+
+
+@dataclass
+class ScoreRequest:
+    """One graph structure, N samples (parameter sets or token lists) with their seeds, one target.
+
+    structure: graph JSON text, or "lib:<name>" for a bundled library graph.
+    param_sets: per sample {node: {param: value}} overrides (missing values: the graph's), or
+    tokens: per sample a token list decoded by policy.tokenizer.GraphTokenizer. Exactly one of the two.
+    target: HxWx3 (or HxW, HxWx4) uint8 / float-in-[0,1] array or tensor, encoded PNG/JPEG bytes,
+    or a key of an image put into the worker's target store.
+    """
+
+    structure: str
+    seeds: list[int]
+    target: TargetImage
+    param_sets: list[dict] | None = None
+    tokens: list[list[int]] | None = None
+    request_id: str = ""
+    timeout_s: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+
+@dataclass
+class ScoreResult:
+    reward: float
+    terms: dict[str, float] = field(default_factory=dict)
+    ok: bool = True
+    error: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Compiled:
+    graph: Graph
+    plan: Plan
+    tokenizer: Any = None
+
+
+class _LRU(OrderedDict):
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.hits = 0
+        self.misses = 0
+
+    def lookup(self, key):
+        if key in self:
+            self.move_to_end(key)
+            self.hits += 1
+            return self[key]
+        self.misses += 1
+        return None
+
+    def put(self, key, value) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.capacity:
+            self.popitem(last=False)
+
+
+def _short(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"
+
+
+class RewardWorker:
+    """Scores batches of samples of one graph against one target; caches compiled plans and target features."""
+
+    def __init__(self, config: RewardConfig = RewardConfig(), metric: AppearanceMetric | None = None):
+        self.config = config
+        if config.torch_threads is not None:
+            torch.set_num_threads(config.torch_threads)
+        self.device = torch.device(config.device)
+        self.metric = metric or AppearanceMetric(config.metric)
+        self.metric.backbone.to(self.device)
+        self.metric.stage_scales = self.metric.stage_scales.to(self.device)
+        self.metric.lab_weights = self.metric.lab_weights.to(self.device)
+        self.plans = _LRU(config.plan_cache_size)
+        self.targets = _LRU(config.target_cache_size)
+        self.target_store: dict[str, torch.Tensor] = {}
+        self.counters = {"requests": 0, "samples": 0, "failures": 0, "timeouts": 0}
+
+    # ---- targets -------------------------------------------------------------------------------
+    def put_target(self, key: str, image: np.ndarray | torch.Tensor | bytes) -> None:
+        """Keep a decoded target under `key`, so requests can name it instead of shipping pixels."""
+        self.target_store[key] = self._decode_target(image)
+        self.targets.pop(f"key:{key}", None)
+
+    def _decode_target(self, image: Any) -> torch.Tensor:
+        cfg = self.config
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            data = bytes(image)
+            if len(data) > cfg.max_target_bytes:
+                raise RequestError(f"target: {len(data)} bytes exceeds max_target_bytes {cfg.max_target_bytes}")
+            from PIL import Image, UnidentifiedImageError
+            try:
+                with Image.open(io.BytesIO(data)) as im:
+                    w, h = im.size
+                    if max(w, h) > cfg.max_target_side:
+                        raise RequestError(f"target: {w}x{h} image exceeds max_target_side {cfg.max_target_side}")
+                    array = np.asarray(im.convert("RGB"))
+            except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+                if isinstance(err, RequestError):
+                    raise
+                raise RequestError(f"target: bytes do not decode as an image ({_short(err)})") from None
+        elif isinstance(image, (np.ndarray, torch.Tensor)):
+            array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else image
+        else:
+            raise RequestError(f"target: expected an image array, encoded bytes or a store key, "
+                               f"got {type(image).__name__}")
+        if array.ndim == 2:
+            array = np.repeat(array[:, :, None], 3, axis=2)
+        if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+            raise RequestError(f"target: expected HxWx3 (or HxW, HxWx1, HxWx4), got shape {tuple(array.shape)}")
+        if array.shape[2] == 1:
+            array = np.repeat(array, 3, axis=2)
+        array = array[:, :, :3]
+        h, w = array.shape[:2]
+        if min(h, w) < cfg.min_target_side or max(h, w) > cfg.max_target_side:
+            raise RequestError(f"target: {w}x{h} outside the accepted sides "
+                               f"[{cfg.min_target_side}, {cfg.max_target_side}]")
+        if array.dtype == np.uint8:
+            pixels = torch.from_numpy(np.ascontiguousarray(array)).float() / 255.0
+        elif np.issubdtype(array.dtype, np.floating):
+            pixels = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+            if not torch.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 1:
+                raise RequestError("target: float images must be finite and in [0,1]")
+        else:
+            raise RequestError(f"target: unsupported dtype {array.dtype}; use uint8 or float in [0,1]")
+        return pixels.permute(2, 0, 1).unsqueeze(0)
+
+    def _target_descriptor(self, target: TargetImage) -> Descriptor:
+        if isinstance(target, str):
+            if target not in self.target_store:
+                raise RequestError(f"target: unknown target key {target!r}")
+            key = f"key:{target}"
+        elif isinstance(target, (bytes, bytearray, memoryview)):
+            key = "bytes:" + hashlib.sha1(bytes(target)).hexdigest()
+        elif isinstance(target, (np.ndarray, torch.Tensor)):
+            arr = np.ascontiguousarray(target.detach().cpu().numpy() if isinstance(target, torch.Tensor) else target)
+            key = f"array:{arr.dtype}:{arr.shape}:" + hashlib.sha1(arr.tobytes()).hexdigest()
+        else:
+            raise RequestError(f"target: unsupported type {type(target).__name__}")
+        cached = self.targets.lookup(key)
+        if cached is None:
+            pixels = self.target_store[target] if isinstance(target, str) else self._decode_target(target)
+            cached = self.metric.describe(pixels.to(self.device))
+            self.targets.put(key, cached)
+        return cached
+
+    # ---- structures ------------------------------------------------------------------------------
+    def _compiled(self, structure: str) -> _Compiled:
+        key = hashlib.sha1(structure.encode()).hexdigest()
+        cached = self.plans.lookup(key)
+        if cached is None:
+            if structure.startswith(LIBRARY_PREFIX):
+                from graph_executor.library import load_library_graph
+                graph = load_library_graph(structure[len(LIBRARY_PREFIX):])
+            else:
+                graph = loads_graph(structure)
+            cached = _Compiled(graph, Plan(graph))
+            self.plans.put(key, cached)
+        return cached
+
+    def _decode_tokens(self, compiled: _Compiled, tokens: list[int]) -> dict:
+        if compiled.tokenizer is None:
+            from policy.tokenizer import GraphTokenizer
+            compiled.tokenizer = GraphTokenizer(compiled.graph)
+        return compiled.tokenizer.detokenize(tokens)
+
+    # ---- scoring ---------------------------------------------------------------------------------
+    def score(self, request: ScoreRequest) -> list[ScoreResult]:
+        """One result per sample, in order. Raises RequestError only for a malformed request."""
+        start = time.perf_counter()
+        timeout = request.timeout_s if request.timeout_s is not None else self.config.default_timeout_s
+        deadline = start + timeout
+        n = len(request.seeds)
+        if (request.param_sets is None) == (request.tokens is None):
+            raise RequestError("give exactly one of param_sets and tokens")
+        samples = request.param_sets if request.param_sets is not None else request.tokens
+        if len(samples) != n:
+            raise RequestError(f"{len(samples)} samples but {n} seeds")
+        if not isinstance(request.structure, str):
+            raise RequestError(f"structure: expected JSON text or 'lib:<name>', got {type(request.structure).__name__}")
+        target = self._target_descriptor(request.target)
+        self.counters["requests"] += 1
+        self.counters["samples"] += n
+        results: list[ScoreResult | None] = [None] * n
+        timings = {"prepare": 0.0, "execute": 0.0, "render": 0.0, "reward": 0.0}
+
+        def fail(i: int, reason: str) -> None:
+            results[i] = ScoreResult(self.config.failure_reward, {}, False, reason)
+
+        try:
+            compiled = self._compiled(request.structure)
+        except Exception as err:  # an unparsable/unknown structure fails every sample, never the worker
+            for i in range(n):
+                fail(i, f"structure: {_short(err)}")
+            return self._finish(results, timings, start, n)
+
+        overrides: dict[int, dict] = {}
+        for i, sample in enumerate(samples):
+            try:
+                ps = sample if request.param_sets is not None else self._decode_tokens(compiled, sample)
+                compiled.plan.stack([ps])  # validates every value; names node and parameter
+                overrides[i] = ps
+            except Exception as err:
+                fail(i, _short(err))
+        timings["prepare"] = time.perf_counter() - start
+
+        good = list(overrides)
+        images: dict[int, torch.Tensor] = {}
+        for lo in range(0, len(good), self.config.micro_batch):
+            if time.perf_counter() > deadline:
+                break
+            chunk = good[lo:lo + self.config.micro_batch]
+            images.update(self._render_chunk(compiled.plan, chunk, overrides, request.seeds, fail, timings))
+
+        for i in good:
+            if i not in images and results[i] is None:
+                fail(i, f"timeout: request exceeded {timeout:g}s before this sample was executed")
+                self.counters["timeouts"] += 1
+
+        t = time.perf_counter()
+        done = [i for i in good if i in images]
+        for lo in range(0, len(done), self.config.micro_batch):
+            chunk = done[lo:lo + self.config.micro_batch]
+            try:
+                pred = self.metric.describe(torch.cat([images[i] for i in chunk]))
+                terms = self.metric.terms(pred, target)
+                rewards = self.metric.reward(terms)
+            except Exception as err:
+                for i in chunk:
+                    fail(i, f"reward: {_short(err)}")
+                continue
+            for j, i in enumerate(chunk):
+                value = float(rewards[j])
+                sample_terms = {k: float(v[j]) for k, v in terms.items()}
+                if not np.isfinite(value):
+                    fail(i, f"reward: non-finite reward {value} (terms {sample_terms})")
+                else:
+                    results[i] = ScoreResult(value, sample_terms)
+        timings["reward"] = time.perf_counter() - t
+        return self._finish(results, timings, start, n)
+
+    def _render_chunk(self, plan: Plan, chunk: list[int], overrides: Mapping[int, dict], seeds: list[int],
+                      fail, timings: dict) -> dict[int, torch.Tensor]:
+        """Execute and render a chunk as one batch; on an exception, retry its samples one by one
+        so that only the culprit fails."""
+        try:
+            return self._execute(plan, chunk, overrides, seeds, fail, timings)
+        except Exception as err:
+            if len(chunk) == 1:
+                fail(chunk[0], f"executor: {_short(err)}")
+                return {}
+        out: dict[int, torch.Tensor] = {}
+        for i in chunk:
+            out.update(self._render_chunk(plan, [i], overrides, seeds, fail, timings))
+        return out
+
+    def _execute(self, plan: Plan, chunk: list[int], overrides: Mapping[int, dict], seeds: list[int],
+                 fail, timings: dict) -> dict[int, torch.Tensor]:
+        t = time.perf_counter()
+        params = plan.stack([overrides[i] for i in chunk], device=self.device)
+        maps = plan.run(params, res=self.config.res, seed=[int(seeds[i]) for i in chunk], device=self.device)
+        t2 = time.perf_counter()
+        rendered = render_flash(maps)
+        timings["execute"] += t2 - t
+        timings["render"] += time.perf_counter() - t2
+        maps_ok = maps.finite_per_sample()
+        render_ok = torch.isfinite(rendered).flatten(1).all(1)
+        out = {}
+        for j, i in enumerate(chunk):
+            if not bool(maps_ok[j]):
+                bad = [name for name, m in maps.items() if not bool(torch.isfinite(m[j]).all())]
+                fail(i, f"executor: non-finite values in output maps {bad}")
+            elif not bool(render_ok[j]):
+                fail(i, "render: non-finite pixels")
+            else:
+                out[i] = rendered[j:j + 1]
+        return out
+
+    def _finish(self, results: list[ScoreResult | None], timings: dict, start: float, n: int) -> list[ScoreResult]:
+        total = time.perf_counter() - start
+        per_sample = {k: v / max(n, 1) for k, v in timings.items()}
+        per_sample["total"] = total / max(n, 1)
+        per_sample["request_total"] = total
+        out = []
+        for r in results:
+            r.timings = dict(per_sample)
+            if not r.ok:
+                self.counters["failures"] += 1
+            out.append(r)
+        return out
+
+    def stats(self) -> dict[str, int]:
+        """Counters and cache statistics, for metrics export."""
+        return {**self.counters, "plan_cache_hits": self.plans.hits, "plan_cache_misses": self.plans.misses,
+                "target_cache_hits": self.targets.hits, "target_cache_misses": self.targets.misses}
