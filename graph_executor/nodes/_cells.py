@@ -1,0 +1,149 @@
+"""Cell-lattice machinery for cellular, scatter and per-cell-random nodes.
+
+A square lattice of P cells per side is evaluated in *block layout*: the image is viewed as
+(P, w, P, w) = (cell row, pixel row inside the cell, cell column, pixel column inside the
+cell). Per-cell quantities then have shape (b,P,1,P,1) and in-cell fractions (1,1,1,P,w) or
+(1,P,w,1,1), so a cellular feature is a few broadcast operations per neighbour instead of
+per-pixel gathers, and the x and y halves of a distance stay separable until they are added.
+Cells wrap modulo P, so everything built on a grid tiles. Samples of a batch are grouped by
+their integer parameters (`groups`), because the layout depends on P.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from graph_executor.nodes._common import hash_unit
+
+NEIGHBOURS_3X3 = tuple((dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+NEIGHBOURS_2X2 = ((0, 0), (1, 0), (0, 1), (1, 1))
+
+
+class CellGrid:
+    """Block layout of P cells per side over a res x res image.
+
+    `half_shift=1` moves the lattice by half a cell, so each block straddles the corners of
+    four original cells: a shape no larger than a cell then only needs that 2x2 neighbourhood.
+    """
+
+    def __init__(self, res: int, period: int, device: torch.device, half_shift: int = 0):
+        P, hs = int(period), int(half_shift)
+        self.res, self.period = res, P
+        c = torch.arange(P + 1, dtype=torch.long)
+        # first pixel j of cell c: smallest j with (j + 0.5) * P / res - hs / 2 >= c (integer form)
+        start = -torch.div(-((2 * c + hs) * res - P), 2 * P, rounding_mode="floor")
+        self.width = w = int((start[1:] - start[:-1]).max())
+        j_virtual = start[:P].view(P, 1) + torch.arange(w).view(1, w)
+        u = ((2 * j_virtual + 1) * P - hs * res).double() / (2 * res) - c[:P].view(P, 1).double()
+        frac = u.float().to(device)
+        self.fx = frac.view(1, 1, 1, P, w)
+        self.fy = frac.view(1, P, w, 1, 1)
+        j = torch.arange(res)
+        raw = torch.div((2 * j + 1) * P - hs * res, 2 * res, rounding_mode="floor")
+        cell = raw % P
+        px = j + res * torch.div(cell - raw, P, rounding_mode="floor") - start[cell]
+        line = cell * w + px
+        if hs == 0 and res % P == 0:
+            self.index = None
+        else:
+            self.index = (line.view(-1, 1) * (P * w) + line.view(1, -1)).reshape(-1).to(device)
+
+    def to_pixels(self, blk: torch.Tensor) -> torch.Tensor:
+        """(b,P,w,P,w) block-layout values -> (b,1,res,res) image."""
+        b = blk.shape[0]
+        if self.index is None:
+            return blk.reshape(b, 1, self.res, self.res)
+        flat = blk.reshape(b, -1).index_select(1, self.index)
+        return flat.view(b, 1, self.res, self.res)
+
+    def empty(self, b: int) -> torch.Tensor:
+        P, w = self.period, self.width
+        return torch.empty(b, P, w, P, w, device=self.fx.device)
+
+
+def cell_grid(cache: dict, res: int, period: int, device, half_shift: int = 0) -> CellGrid:
+    key = ("cellgrid", res, int(period), device, half_shift)
+    if key not in cache:
+        cache[key] = CellGrid(res, period, device, half_shift)
+    return cache[key]
+
+
+def cell_random(seed: torch.Tensor, period: int, channels: int, salt: int = 0) -> torch.Tensor:
+    """Uniform [0,1) values per cell and channel, (b,P,P,C); depends only on (cell, seed, salt)."""
+    i = torch.arange(period, device=seed.device)
+    ch = torch.arange(channels, device=seed.device) + salt * 1009
+    return hash_unit(i.view(1, -1, 1, 1), i.view(1, 1, -1, 1), seed.view(-1, 1, 1, 1), ch.view(1, 1, 1, -1))
+
+
+def neighbour(table: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """Values of the cell (dx, dy) away, for every cell of a (b,P,P,...) table (wraps)."""
+    if dx == 0 and dy == 0:
+        return table
+    return torch.roll(table, shifts=(-dy, -dx), dims=(1, 2))
+
+
+def at_cells(t: torch.Tensor) -> torch.Tensor:
+    """(b,P,P) per-cell values -> (b,P,1,P,1) for broadcasting in block layout."""
+    return t.reshape(t.shape[0], t.shape[1], 1, t.shape[2], 1)
+
+
+def groups(*keys: torch.Tensor) -> Iterator[tuple[tuple[int, ...], torch.Tensor]]:
+    """Distinct combinations of per-sample integer keys, with the batch rows that have each."""
+    stacked = torch.stack([k.long().reshape(-1) for k in keys], 1)
+    uniq, inverse = torch.unique(stacked, dim=0, return_inverse=True)
+    for i, key in enumerate(uniq.tolist()):
+        yield tuple(key), (inverse == i).nonzero().squeeze(1)
+
+
+def take(p: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The parameters of a subset of the batch."""
+    return {k: v.index_select(0, rows) for k, v in p.items()}
+
+
+def cellular_features(grid: CellGrid, px: torch.Tensor, py: torch.Tensor, metric: int,
+                      values: torch.Tensor | None = None):
+    """F1 and F2 distances (cell units) to jittered feature points, plus the nearest cell's value.
+
+    px, py: (b,P,P) point positions inside their cells; metric 0 euclidean, 1 manhattan,
+    2 chebyshev; values: optional (b,P,P) per-cell values to report for the nearest cell.
+    Only the 3x3 neighbourhood is searched. Returns block-layout tensors (f1, f2, nearest_value).
+    """
+    b = px.shape[0]
+    f1 = grid.empty(b).fill_(float("inf"))
+    f2 = f1.clone()
+    score = grid.empty(b)
+    tmp = grid.empty(b)
+    val = near = None
+    if values is not None:
+        val = grid.empty(b).zero_()
+        near = grid.empty(b)
+    for dx, dy in NEIGHBOURS_3X3:
+        ox = at_cells(neighbour(px, dx, dy) + dx) - grid.fx
+        oy = at_cells(neighbour(py, dx, dy) + dy) - grid.fy
+        if metric == 0:
+            torch.add(ox * ox, oy * oy, out=score)
+        elif metric == 1:
+            torch.add(ox.abs_(), oy.abs_(), out=score)
+        else:
+            torch.maximum(ox.abs_(), oy.abs_(), out=score)
+        if val is not None:
+            torch.lt(score, f1, out=near)
+            torch.sub(at_cells(neighbour(values, dx, dy)), val, out=tmp)
+            val.addcmul_(tmp, near)
+        torch.maximum(f1, score, out=tmp)
+        torch.minimum(f2, tmp, out=f2)
+        torch.minimum(f1, score, out=f1)
+    if metric == 0:
+        f1.sqrt_()
+        f2.sqrt_()
+    return f1, f2, val
+
+
+def rect_lattice_hash(rows: int, cols: int, seed: torch.Tensor, salt: int = 0) -> torch.Tensor:
+    """Uniform [0,1) values on a (b, rows, cols) lattice, indexed [row, column]."""
+    r = torch.arange(rows, device=seed.device)
+    c = torch.arange(cols, device=seed.device)
+    return hash_unit(c.view(1, 1, -1), r.view(1, -1, 1), seed.view(-1, 1, 1),
+                     torch.tensor(salt + 7919, device=seed.device))
