@@ -21,7 +21,8 @@ from graph_executor.nodes._filters_util import (
 from graph_executor.schema import P, node
 
 LUT_SIZE = 257
-SLOPE_DISPLACEMENT = 0.01  # image widths of displacement per unit of slope and of intensity
+SLOPE_DISPLACEMENT = 0.002  # image widths of displacement per unit of slope and of intensity
+EMBOSS_SHADING = 0.02  # change of value per unit of slope and of intensity
 SLOPE_BLUR_ROUNDS = 4  # 2**4 taps
 
 
@@ -353,7 +354,7 @@ def edge_detect(ctx, inputs, p):
 
 
 @node("emboss", "filter", inputs={"in": "gray", "height": "gray"}, optional=("height",), params=[
-    P("intensity", "float", 1.0, 0.0, 10.0, doc="shading per unit of slope is intensity / 10"),
+    P("intensity", "float", 1.0, 0.0, 10.0, doc="shading per unit of slope is intensity / 50"),
     P("angle", "float", 135.0, 0.0, 360.0, doc="direction toward the light, degrees"),
 ])
 def emboss(ctx, inputs, p):
@@ -362,7 +363,7 @@ def emboss(ctx, inputs, p):
     gx, gy = _slope(height)
     lx, ly = _direction(p["angle"])
     facing = gx * bc(lx) + gy * bc(ly)
-    return {"out": (inputs["in"] - bc(p["intensity"] * 0.1) * facing).clamp(0, 1)}
+    return {"out": (inputs["in"] - bc(p["intensity"] * EMBOSS_SHADING) * facing).clamp(0, 1)}
 
 
 MORPHOLOGY = ("dilate", "erode")
@@ -401,8 +402,8 @@ def ambient_occlusion(ctx, inputs, p):
 
 # ---------------------------------------------------------------- warps and transforms
 
-_WARP_INTENSITY = P("intensity", "float", 2.0, 0.0, 20.0,
-                    doc="displacement in image widths is intensity / 100 per unit of slope")
+_WARP_INTENSITY = P("intensity", "float", 1.0, 0.0, 10.0,
+                    doc="displacement in image widths is intensity / 500 per unit of slope")
 
 
 def _coords(ctx) -> tuple[torch.Tensor, torch.Tensor]:
