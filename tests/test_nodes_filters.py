@@ -424,3 +424,57 @@ def test_transform_tiles_an_integer_number_of_times():
     # one tile is the input shrunk (area-filtered) into it: compare with average pooling
     pooled = torch.nn.functional.avg_pool2d(x, (4, 2))
     assert (out[..., :quarter, :half] - pooled).abs().mean() < 0.02
+
+
+# ---------------------------------------------------------------- inside a graph
+
+def _filter_chain_graph():
+    return parse_graph({"nodes": {
+        "h": {"type": "perlin_fbm", "params": {"scale": 4}},
+        "m": {"type": "perlin_fbm", "params": {"scale": 2, "seed": 7}},
+        "warped": {"type": "warp", "inputs": {"in": "h", "warp": "m"}},
+        "tiled": {"type": "transform_2d", "params": {"tile_x": 2}, "inputs": {"in": "warped"}},
+        "soft": {"type": "blur", "inputs": {"in": "tiled"}},
+        "slopes": {"type": "slope_blur", "inputs": {"in": "soft", "slope": "m"}},
+        "spots": {"type": "dilate_erode", "inputs": {"in": "slopes"}},
+        "tone": {"type": "curve", "inputs": {"in": "spots"}},
+        "albedo": {"type": "gradient_map", "inputs": {"in": "tone"}},
+        "shifted": {"type": "hsl", "params": {"hue": 0.1}, "inputs": {"in": "albedo"}},
+        "split": {"type": "channel_split", "inputs": {"in": "shifted"}},
+        "rough": {"type": "histogram_scan", "inputs": {"in": "split.r"}},
+        "ao": {"type": "ambient_occlusion", "inputs": {"height": "tone"}},
+        "normal": {"type": "normal_from_height", "inputs": {"height": "tone"}},
+        "out": {"type": "output", "inputs": {"basecolor": "shifted", "roughness": "rough", "metallic": "ao",
+                                              "normal": "normal", "height": "tone"}},
+    }})
+
+
+def test_filter_chain_batch_equals_single_runs_through_the_executor():
+    plan = Plan(_filter_chain_graph())
+    overrides = [
+        {"tiled": {"tile_x": 3, "rotation": "90"}, "spots": {"mode": "erode", "radius": 8.0},
+         "slopes": {"mode": "max"}, "shifted": {"saturation": -0.5}},
+        {"tiled": {"tile_y": 2, "rotation": "180"}, "spots": {"radius": 2.0}, "warped": {"intensity": 4.0}},
+        {},
+    ]
+    seeds = [3, 4, 5]
+    batch = plan.run(plan.stack(overrides), res=RES, seed=seeds)
+    for i, (o, s) in enumerate(zip(overrides, seeds)):
+        single = plan.run(plan.stack([o]), res=RES, seed=s)
+        for name, value in single.items():
+            assert torch.allclose(getattr(batch, name)[i:i + 1], value, atol=1e-5), (name, i)
+    for name, value in batch.items():
+        assert torch.isfinite(value).all() and value.min() >= 0 and value.max() <= 1, name
+        assert seam_ratio(value) < 3, name
+
+
+def test_bad_filter_parameters_raise_a_graph_error_naming_them():
+    from graph_executor.errors import GraphError
+
+    plan = Plan(_filter_chain_graph())
+    with pytest.raises(GraphError, match="'tiled'.*'rotation'"):
+        plan.stack([{"tiled": {"rotation": "45"}}])
+    with pytest.raises(GraphError, match="'spots'.*'radius'"):
+        plan.stack([{"spots": {"radius": float("nan")}}])
+    with pytest.raises(GraphError, match="'tiled'.*'tile_x'"):
+        plan.stack([{"tiled": {"tile_x": 2.5}}])

@@ -26,15 +26,13 @@ EMBOSS_SHADING = 0.02  # change of value per unit of slope and of intensity
 SLOPE_BLUR_ROUNDS = 4  # 2**4 taps
 
 
-def _both(type: str, *, inputs: dict[str, str], params: list, color_ports: tuple[str, ...] = ("in",),
-          optional: tuple[str, ...] = ()):
+def _both(type: str, *, inputs: dict[str, str], params: list, color_ports: tuple[str, ...] = ("in",)):
     """Register a channel-agnostic filter twice: `type` on gray ports and `type_color` on colour ports."""
 
     def register(fn):
-        node(type, "filter", inputs=inputs, params=params, optional=optional)(fn)
+        node(type, "filter", inputs=inputs, params=params)(fn)
         color_inputs = {k: ("color" if k in color_ports else v) for k, v in inputs.items()}
-        node(f"{type}_color", "filter", inputs=color_inputs, outputs={"out": "color"}, params=params,
-             optional=optional)(fn)
+        node(f"{type}_color", "filter", inputs=color_inputs, outputs={"out": "color"}, params=params)(fn)
         return fn
 
     return register
