@@ -58,6 +58,7 @@ class RewardConfig(BaseModel):
     min_target_side: int = Field(16, ge=1)
     max_target_side: int = Field(4096, ge=1)
     max_target_bytes: int = Field(64 << 20, ge=1)
+    reject_blank_targets: bool = Field(True, description="a constant target (e.g. a failed capture) is an error")
 
     @model_validator(mode="after")
     def _check(self) -> "RewardConfig":

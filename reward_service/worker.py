@@ -162,6 +162,8 @@ class RewardWorker:
                 raise RequestError("target: float images must be finite and in [0,1]")
         else:
             raise RequestError(f"target: unsupported dtype {array.dtype}; use uint8 or float in [0,1]")
+        if cfg.reject_blank_targets and float(pixels.max() - pixels.min()) <= 1.0 / 255:
+            raise RequestError("target: blank image (all pixels equal); a failed capture cannot be matched")
         return pixels.permute(2, 0, 1).unsqueeze(0)
 
     def _target_descriptor(self, target: TargetImage) -> Descriptor:
