@@ -67,6 +67,16 @@ def _vgg19_cached_weights() -> Path | None:
     return path if path.is_file() else None
 
 
+def _load_vgg19_features(features: torch.nn.Sequential, state: dict, path: Path) -> None:
+    """Accept a full torchvision VGG19 state dict or one of its `features` alone."""
+    if any(k.startswith("features.") for k in state):
+        state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+    try:
+        features.load_state_dict(state)
+    except RuntimeError as err:
+        raise WeightsUnavailable(f"{path} is not a VGG19 state dict: {err}") from None
+
+
 def build_vgg19_avgpool(weights: str | Path | None = None, *, download: bool = False,
                         allow_unweighted: bool = False) -> torch.nn.Sequential:
     """torchvision's VGG19 `features` with every max-pool replaced by a 2×2 average pool (Gatys et al.).
@@ -78,29 +88,21 @@ def build_vgg19_avgpool(weights: str | Path | None = None, *, download: bool = F
     Expects inputs normalised with ImageNet mean/std.
     """
     from torchvision.models import VGG19_Weights, vgg19
+    from torchvision.models.vgg import cfgs, make_layers
 
-    model = vgg19(weights=None)
+    features = make_layers(cfgs["E"], batch_norm=False)  # VGG19's conv part, without the 120M-weight head
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
             raise WeightsUnavailable(f"VGG19 weights not found at {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if any(k.startswith("features.") for k in state):
-            state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
-        try:
-            model.features.load_state_dict(state)
-        except RuntimeError as err:
-            raise WeightsUnavailable(f"{path} is not a VGG19 state dict: {err}") from None
+        _load_vgg19_features(features, torch.load(path, map_location="cpu", weights_only=True), path)
     elif (cached := _vgg19_cached_weights()) is not None:
-        model.features.load_state_dict(
-            {k[len("features."):]: v for k, v in torch.load(cached, map_location="cpu", weights_only=True).items()
-             if k.startswith("features.")})
+        _load_vgg19_features(features, torch.load(cached, map_location="cpu", weights_only=True), cached)
     elif download:
-        model = vgg19(weights=VGG19_Weights.IMAGENET1K_V1)
+        features = vgg19(weights=VGG19_Weights.IMAGENET1K_V1).features
     elif not allow_unweighted:
         raise WeightsUnavailable("VGG19 needs ImageNet weights: pass weights=PATH, or download=True on a host "
                                  "that can reach download.pytorch.org; a random VGG19 is never a silent fallback")
-    features = model.features
     for i in VGG19_POOL_INDICES:
         features[i] = torch.nn.AvgPool2d(kernel_size=2, stride=2)
     return features.eval().requires_grad_(False)
