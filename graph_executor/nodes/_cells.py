@@ -15,7 +15,7 @@ from typing import Iterator
 
 import torch
 
-from graph_executor.nodes._common import hash_unit
+from graph_executor.nodes._common import hash_unit, interpolation_matrices
 
 NEIGHBOURS_3X3 = tuple((dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
 NEIGHBOURS_2X2 = ((0, 0), (1, 0), (0, 1), (1, 1))
@@ -115,10 +115,10 @@ def cellular_features(grid: CellGrid, px: torch.Tensor, py: torch.Tensor, metric
     f2 = f1.clone()
     score = grid.empty(b)
     tmp = grid.empty(b)
-    val = near = None
+    val = near = far = None
     if values is not None:
         val = grid.empty(b).zero_()
-        near = grid.empty(b)
+        near, far = grid.empty(b), grid.empty(b)
     for dx, dy in NEIGHBOURS_3X3:
         ox = at_cells(neighbour(px, dx, dy) + dx) - grid.fx
         oy = at_cells(neighbour(py, dx, dy) + dy) - grid.fy
@@ -128,10 +128,10 @@ def cellular_features(grid: CellGrid, px: torch.Tensor, py: torch.Tensor, metric
             torch.add(ox.abs_(), oy.abs_(), out=score)
         else:
             torch.maximum(ox.abs_(), oy.abs_(), out=score)
-        if val is not None:
+        if val is not None:  # val*1 + v*0 and val*0 + v*1 are exact, so each cell keeps one value
             torch.lt(score, f1, out=near)
-            torch.sub(at_cells(neighbour(values, dx, dy)), val, out=tmp)
-            val.addcmul_(tmp, near)
+            torch.ge(score, f1, out=far)
+            val.mul_(far).addcmul_(at_cells(neighbour(values, dx, dy)), near)
         torch.maximum(f1, score, out=tmp)
         torch.minimum(f2, tmp, out=f2)
         torch.minimum(f1, score, out=f1)
@@ -147,3 +147,11 @@ def rect_lattice_hash(rows: int, cols: int, seed: torch.Tensor, salt: int = 0) -
     c = torch.arange(cols, device=seed.device)
     return hash_unit(c.view(1, 1, -1), r.view(1, -1, 1), seed.view(-1, 1, 1),
                      torch.tensor(salt + 7919, device=seed.device))
+
+
+def stretched_value_noise(ctx, cols: torch.Tensor, rows: torch.Tensor, seed: torch.Tensor, salt: int = 0):
+    """Smooth tileable value noise with per-sample integer periods along x (cols) and y (rows); (B,1,H,W)."""
+    wx = interpolation_matrices(ctx, cols)[0]
+    wy = interpolation_matrices(ctx, rows)[0]
+    table = rect_lattice_hash(wy.shape[2], wx.shape[2], seed, salt)
+    return (wy @ table @ wx.transpose(1, 2)).unsqueeze(1)

@@ -7,9 +7,8 @@ import math
 import torch
 
 from graph_executor.nodes._cells import (NEIGHBOURS_3X3, at_cells, cell_grid, cell_random, cellular_features,
-                                         groups, neighbour, rect_lattice_hash, take)
-from graph_executor.nodes._common import (bc, fbm, hash_u32, interpolation_matrices, node_seed, octave_period,
-                                          perlin, value_noise)
+                                         groups, neighbour, stretched_value_noise, take)
+from graph_executor.nodes._common import bc, fbm, hash_u32, node_seed, octave_period, perlin, value_noise
 from graph_executor.schema import P, node, seed_param
 
 METRICS = ("euclidean", "manhattan", "chebyshev")
@@ -33,18 +32,23 @@ def perlin_fbm(ctx, inputs, p):
     return {"out": (0.5 + 0.5 * n * p["contrast"].view(-1, 1, 1, 1)).clamp(0, 1)}
 
 
-def _standard_fbm(ctx, basis, p, mean: float, sigma: float) -> torch.Tensor:
-    """fBm rescaled to zero mean and unit standard deviation.
+def _octave_spread(persistence: torch.Tensor, octaves: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Standard deviation (B,1,1,1) of a normalised octave sum whose single octave has `sigma`.
 
-    `mean` and `sigma` are the single-octave statistics of the basis; octaves are independent,
-    so the weighted average has standard deviation sigma * sqrt(sum a^2) / sum a. This keeps the
-    output contrast steady whatever the octave count and persistence.
+    Octaves are independent, so the weighted average has sigma * sqrt(sum a^2) / sum a.
+    """
+    o = torch.arange(int(octaves.max()), device=persistence.device).view(1, -1)
+    a = persistence.view(-1, 1) ** o * (o < octaves.view(-1, 1))
+    return bc(sigma * torch.sqrt((a * a).sum(1)) / a.sum(1))
+
+
+def _standard_fbm(ctx, basis, p, mean: float, sigma: float) -> torch.Tensor:
+    """fBm rescaled to zero mean and unit standard deviation (`mean`, `sigma`: one octave of the basis).
+
+    This keeps the output contrast steady whatever the octave count and persistence.
     """
     n = fbm(ctx, basis, p["scale"], p["octaves"], p["persistence"], p["lacunarity"], node_seed(ctx, p["seed"]))
-    o = torch.arange(8, device=ctx.device).view(1, -1)
-    a = p["persistence"].view(-1, 1) ** o * (o < p["octaves"].view(-1, 1))
-    spread = sigma * torch.sqrt((a * a).sum(1)) / a.sum(1)
-    return (n - mean) / bc(spread)
+    return (n - mean) / _octave_spread(p["persistence"], p["octaves"], sigma)
 
 
 @node("value_fbm", "noise", params=[*_fbm_params(), P("contrast", "float", 1.0, 0.2, 3.0), seed_param()])
@@ -100,15 +104,15 @@ def anisotropic_noise(ctx, inputs, p):
     for o in range(int(p["octaves"].max().item())):
         along = octave_period(p["scale"], two, o, ctx.res)
         across = octave_period(p["scale"] * p["stretch"], two, o, ctx.res)
-        cols = interpolation_matrices(ctx, torch.where(vertical, across, along))[0]
-        rows = interpolation_matrices(ctx, torch.where(vertical, along, across))[0]
-        table = rect_lattice_hash(rows.shape[2], cols.shape[2], hash_u32(seed, torch.full_like(seed, o)))
+        octave_seed = hash_u32(seed, torch.full_like(seed, o))
+        layer = stretched_value_noise(ctx, torch.where(vertical, across, along), torch.where(vertical, along, across),
+                                      octave_seed)
         active = bc((p["octaves"] > o).float())
-        total = total + (rows @ table @ cols.transpose(1, 2)).unsqueeze(1) * amp * active
+        total = total + layer * amp * active
         norm = norm + amp * active
         amp = amp * bc(p["persistence"])
-    n = total / norm
-    return {"out": (0.5 + 2.0 * (n - 0.5) * bc(p["contrast"])).clamp(0, 1)}
+    z = (total / norm - 0.485) / _octave_spread(p["persistence"], p["octaves"], 0.231)
+    return {"out": (0.5 + 0.18 * z * bc(p["contrast"])).clamp(0, 1)}
 
 
 def _jittered_points(seed, period, jitter):
