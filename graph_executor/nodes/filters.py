@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from graph_executor.nodes._common import bc, gradients, normalize_channels
+from graph_executor.nodes._common import bc, gradients
 from graph_executor.nodes._filters_util import (
     by_group, dilate, directional_gaussian_response, fft_convolve, gaussian_response, groups, hsl_to_rgb,
     lut_lookup, monotone_cubic, px, rgb_to_hsl, step, wrap_lookup,
@@ -502,7 +502,9 @@ def transform_2d(ctx, inputs, p):
 ])
 def normal_from_height(ctx, inputs, p):
     """Tangent-space normal map (OpenGL convention, encoded (n+1)/2) from a height map."""
-    dx, dy = gradients(inputs["height"])
-    k = bc(p["intensity"]) * ctx.res / 100.0
-    nx, ny, nz = -dx * k, dy * k, torch.ones_like(dx)
-    return {"out": normalize_channels(torch.cat([nx, ny, nz], 1)) * 0.5 + 0.5}
+    h = inputs["height"]
+    k = bc(p["intensity"]) * (ctx.res / 200.0)  # central differences span two pixels
+    nx = (torch.roll(h, 1, -1) - torch.roll(h, -1, -1)) * k
+    ny = (torch.roll(h, -1, -2) - torch.roll(h, 1, -2)) * k
+    half_inv = torch.rsqrt(torch.addcmul(torch.addcmul(torch.ones_like(nx), nx, nx), ny, ny)) * 0.5
+    return {"out": torch.cat([nx * half_inv, ny * half_inv, half_inv], 1) + 0.5}
