@@ -155,9 +155,9 @@ class RewardWorker:
             raise RequestError(f"target: {w}x{h} outside the accepted sides "
                                f"[{cfg.min_target_side}, {cfg.max_target_side}]")
         if array.dtype == np.uint8:
-            pixels = torch.from_numpy(np.ascontiguousarray(array)).float() / 255.0
+            pixels = torch.from_numpy(np.array(array, dtype=np.float32)) / 255.0
         elif np.issubdtype(array.dtype, np.floating):
-            pixels = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+            pixels = torch.from_numpy(np.array(array, dtype=np.float32))
             if not torch.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 1:
                 raise RequestError("target: float images must be finite and in [0,1]")
         else:
@@ -177,7 +177,8 @@ class RewardWorker:
             arr = np.ascontiguousarray(target.detach().cpu().numpy() if isinstance(target, torch.Tensor) else target)
             key = f"array:{arr.dtype}:{arr.shape}:" + hashlib.sha1(arr.tobytes()).hexdigest()
         else:
-            raise RequestError(f"target: unsupported type {type(target).__name__}")
+            raise RequestError(f"target: expected an image array, encoded bytes or a store key, "
+                               f"got {type(target).__name__}")
         cached = self.targets.lookup(key)
         if cached is None:
             pixels = self.target_store[target] if isinstance(target, str) else self._decode_target(target)

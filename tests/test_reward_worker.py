@@ -1,0 +1,160 @@
+"""RewardWorker: batches score, bad samples fail alone with a named culprit, timeouts, caches, bad targets."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from graph_executor.executor import execute
+from graph_executor.ir import loads_graph
+from graph_executor.render import render_flash
+from reward_service.config import RewardConfig
+from reward_service.worker import RequestError, RewardWorker, ScoreRequest
+
+GRAPH = json.dumps({"format": "matrl.graph/1", "name": "w", "nodes": {
+    "n1": {"type": "perlin_fbm", "params": {"scale": 4}},
+    "lv": {"type": "levels", "inputs": {"in": "n1"}},
+    "nrm": {"type": "normal_from_height", "inputs": {"height": "lv"}},
+    "out": {"type": "output", "inputs": {"basecolor": "lv", "normal": "nrm", "roughness": "n1"}}}})
+
+
+@pytest.fixture(scope="module")
+def worker():
+    return RewardWorker(RewardConfig(res=64, micro_batch=2))
+
+
+@pytest.fixture(scope="module")
+def target():
+    """The graph's own render at seed 0 (HxWx3 uint8), so its default sample should score ~1."""
+    image = render_flash(execute(loads_graph(GRAPH), res=64, seed=0))[0]
+    return (image.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_batch_of_good_samples_scores(worker, target):
+    sets = [{}, {"n1": {"scale": 9}}, {"lv": {"gamma": 2.5}}, {"n1": {"octaves": 2}}]
+    results = worker.score(ScoreRequest(GRAPH, [0, 0, 0, 0], target, param_sets=sets, request_id="r1"))
+    assert [r.ok for r in results] == [True] * 4
+    assert results[0].reward == pytest.approx(1.0, abs=0.02)  # its own render (up to uint8 rounding)
+    assert all(r.reward < results[0].reward for r in results[1:])
+    assert all(set(r.terms) == {"gram", "lab"} and r.error == "" for r in results)
+    assert {"execute", "render", "reward", "total"} <= set(results[0].timings)
+    singles = [worker.score(ScoreRequest(GRAPH, [0], target, param_sets=[s]))[0].reward for s in sets]
+    assert [r.reward for r in results] == pytest.approx(singles, abs=1e-4)  # batching changes nothing
+
+
+def test_nan_parameter_fails_alone_and_names_the_culprit(worker, target):
+    sets = [{}, {"lv": {"gamma": float("nan")}}, {"n1": {"scale": 6}}, {"nope": {"x": 1}}, {"n1": {"scale": 999}}]
+    results = worker.score(ScoreRequest(GRAPH, [0, 1, 2, 3, 4], target, param_sets=sets))
+    assert [r.ok for r in results] == [True, False, True, False, False]
+    assert "'lv'" in results[1].error and "'gamma'" in results[1].error
+    assert "nope" in results[3].error
+    assert "'n1'" in results[4].error and "'scale'" in results[4].error
+    assert all(r.reward == worker.config.failure_reward for r in results if not r.ok)
+    assert all(math.isfinite(r.reward) and r.reward > worker.config.failure_reward for r in results if r.ok)
+
+
+def test_bad_structure_fails_every_sample_and_worker_keeps_serving(worker, target):
+    results = worker.score(ScoreRequest('{"nodes": {"a": {"type": "no_such_type"}}}', [0, 1], target,
+                                        param_sets=[{}, {}]))
+    assert [r.ok for r in results] == [False, False]
+    assert "no_such_type" in results[0].error
+    assert worker.score(ScoreRequest(GRAPH, [0], target, param_sets=[{}]))[0].ok
+
+
+def test_timeout_gives_failure_results_and_worker_keeps_serving(worker, target):
+    before = worker.stats()["timeouts"]
+    results = worker.score(ScoreRequest(GRAPH, [0, 1, 2], target, param_sets=[{}, {}, {}], timeout_s=1e-9))
+    assert [r.ok for r in results] == [False] * 3
+    assert all(r.error.startswith("timeout") and r.reward == worker.config.failure_reward for r in results)
+    assert worker.stats()["timeouts"] == before + 3
+    assert [r.ok for r in worker.score(ScoreRequest(GRAPH, [0, 1], target, param_sets=[{}, {}]))] == [True, True]
+
+
+def test_caches_hit_on_second_call(target):
+    worker = RewardWorker(RewardConfig(res=64))
+    request = ScoreRequest(GRAPH, [0], target, param_sets=[{}])
+    first = worker.score(request)[0].reward
+    stats = worker.stats()
+    assert (stats["plan_cache_misses"], stats["plan_cache_hits"]) == (1, 0)
+    assert (stats["target_cache_misses"], stats["target_cache_hits"]) == (1, 0)
+    assert worker.score(request)[0].reward == first
+    stats = worker.stats()
+    assert (stats["plan_cache_misses"], stats["plan_cache_hits"]) == (1, 1)
+    assert (stats["target_cache_misses"], stats["target_cache_hits"]) == (1, 1)
+    worker.score(ScoreRequest(GRAPH, [0], png_bytes(target), param_sets=[{}]))
+    worker.score(ScoreRequest(GRAPH, [0], png_bytes(target), param_sets=[{}]))
+    assert worker.stats()["target_cache_hits"] == 2
+
+
+def test_target_forms_agree(worker, target):
+    worker.put_target("own", target)
+    rewards = [worker.score(ScoreRequest(GRAPH, [0], t, param_sets=[{"n1": {"scale": 7}}]))[0].reward
+               for t in (target, png_bytes(target), "own", target.astype(np.float32) / 255,
+                         torch.from_numpy(target), np.concatenate([target, np.full_like(target[..., :1], 255)], 2))]
+    assert rewards == pytest.approx([rewards[0]] * len(rewards), abs=1e-5)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (b"\x89PNG\r\n\x1a\n" + b"garbage" * 20, "decode"),
+    (b"", "decode"),
+    ("unknown-key", "unknown target key"),
+    (np.zeros((8, 8, 3), np.uint8), "outside"),
+    (np.zeros((64, 64, 2), np.uint8), "shape"),
+    (np.full((64, 64, 3), 2.0, np.float32), "[0,1]"),
+    (np.full((64, 64, 3), 17, np.uint8), "blank"),
+    (12, "expected"),
+])
+def test_bad_targets_raise_a_clear_request_error(worker, bad, message):
+    with pytest.raises(RequestError, match="target") as err:
+        worker.score(ScoreRequest(GRAPH, [0], bad, param_sets=[{}]))
+    assert message in str(err.value)
+
+
+def test_oversized_target_is_rejected(target):
+    worker = RewardWorker(RewardConfig(res=64, max_target_side=48))
+    with pytest.raises(RequestError, match="max_target_side"):
+        worker.score(ScoreRequest(GRAPH, [0], png_bytes(target), param_sets=[{}]))
+
+
+def test_malformed_requests_raise(worker, target):
+    with pytest.raises(RequestError, match="seeds"):
+        worker.score(ScoreRequest(GRAPH, [0, 1], target, param_sets=[{}]))
+    with pytest.raises(RequestError, match="exactly one"):
+        worker.score(ScoreRequest(GRAPH, [0], target))
+
+
+def test_tokens_are_decoded_with_the_graph_tokenizer(worker, target):
+    from policy.tokenizer import GraphTokenizer
+    tokenizer = GraphTokenizer(loads_graph(GRAPH))
+    sets = [{"n1": {"scale": 9}}, {"lv": {"gamma": 2.5}}]
+    tokens = [tokenizer.tokenize(s) for s in sets]
+    by_tokens = worker.score(ScoreRequest(GRAPH, [0, 0], target, tokens=tokens))
+    by_params = worker.score(ScoreRequest(GRAPH, [0, 0], target,
+                                          param_sets=[tokenizer.detokenize(t) for t in tokens]))
+    assert all(r.ok for r in by_tokens)
+    assert [r.reward for r in by_tokens] == pytest.approx([r.reward for r in by_params], abs=1e-6)
+    broken = worker.score(ScoreRequest(GRAPH, [0], target, tokens=[tokens[0][:-1]]))
+    assert not broken[0].ok and broken[0].error
+
+
+def test_library_ids_resolve(worker, target):
+    from graph_executor.library import library_names
+    names = library_names()
+    if not names:
+        pytest.skip("graph library has no graphs yet")
+    results = worker.score(ScoreRequest(f"lib:{names[0]}", [0, 1], target, param_sets=[{}, {}]))
+    assert all(r.ok for r in results), [r.error for r in results]
+    missing = worker.score(ScoreRequest("lib:no_such_graph", [0], target, param_sets=[{}]))
+    assert not missing[0].ok and "no_such_graph" in missing[0].error
