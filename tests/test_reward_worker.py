@@ -158,3 +158,32 @@ def test_library_ids_resolve(worker, target):
     assert all(r.ok for r in results), [r.error for r in results]
     missing = worker.score(ScoreRequest("lib:no_such_graph", [0], target, param_sets=[{}]))
     assert not missing[0].ok and "no_such_graph" in missing[0].error
+
+
+@pytest.fixture
+def fragile_node_type():
+    """A real node type that raises for x > 0.9 and yields NaN for x < 0.1; unregistered afterwards."""
+    from graph_executor.schema import NODE_TYPES, P, node
+
+    @node("test_fragile", "filter", inputs={"in": "gray"}, params=[P("x", "float", 0.5, 0.0, 1.0)])
+    def fragile(ctx, inputs, p):
+        """Test-only node."""
+        if bool((p["x"] > 0.9).any()):
+            raise RuntimeError("fragile node exploded")
+        x = p["x"].view(-1, 1, 1, 1)
+        return {"out": torch.where(x < 0.1, torch.full_like(inputs["in"], float("nan")), inputs["in"] * x)}
+
+    yield
+    NODE_TYPES.pop("test_fragile")
+
+
+def test_executor_errors_and_nan_maps_fail_only_their_samples(fragile_node_type, target):
+    worker = RewardWorker(RewardConfig(res=64, micro_batch=4))
+    graph = json.dumps({"nodes": {"n": {"type": "perlin_fbm"}, "f": {"type": "test_fragile", "inputs": {"in": "n"}},
+                                  "out": {"type": "output", "inputs": {"height": "f", "roughness": "f"}}}})
+    sets = [{"f": {"x": v}} for v in (0.5, 0.95, 0.05, 0.3)]
+    results = worker.score(ScoreRequest(graph, [0, 1, 2, 3], target, param_sets=sets))
+    assert [r.ok for r in results] == [True, False, False, True]
+    assert "fragile node exploded" in results[1].error and results[1].error.startswith("executor")
+    assert "non-finite" in results[2].error and "height" in results[2].error
+    assert worker.stats()["failures"] == 2
