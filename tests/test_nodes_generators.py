@@ -15,7 +15,7 @@ from graph_executor.schema import ParamKind, load_node_library
 NOISES = ("perlin_fbm", "value_fbm", "ridged_fbm", "clouds", "anisotropic_noise", "worley", "voronoi_cells",
           "white_noise", "scratches")
 PATTERNS = ("bricks", "square_tiles", "hex_tiles", "checker", "stripes", "waves", "linear_gradient",
-            "radial_gradient", "uniform_gray", "uniform_color", "scatter_shapes", "wood_rings")
+            "radial_gradient", "uniform_gray", "uniform_color", "scatter_shapes", "wood_rings", "weave")
 GENERATORS = NOISES + PATTERNS
 CONSTANT = ("uniform_gray", "uniform_color")
 RES = 64
@@ -273,3 +273,13 @@ def test_grain_direction(name):
 def test_fbm_contrast_is_steady_across_octaves():
     stds = [run("value_fbm", [{"octaves": o, "persistence": 0.8}], [0])["out"].std().item() for o in (1, 8)]
     assert 0.6 < stds[0] / stds[1] < 1.6
+
+
+def test_weave_has_one_value_per_thread_and_patterns_differ():
+    out = run("weave", [{"repeats": 2, "pattern": p, "thread_jitter": 0.0} for p in ("plain", "twill", "basket")],
+              [0, 0, 0])
+    assert out["random"][0].unique().numel() == 2 * 8  # 8 warp and 8 weft threads
+    heights = out["height"]
+    assert (heights[0] - heights[1]).abs().mean() > 0.05 and (heights[1] - heights[2]).abs().mean() > 0.05
+    plain = heights[0, 0]
+    torch.testing.assert_close(plain, plain.roll((RES // 8, RES // 8), dims=(0, 1)))  # one thread diagonally

@@ -371,3 +371,51 @@ def wood_rings(ctx, inputs, p):
     band = (phase - torch.floor(phase)).pow(bc(p["ring_sharpness"]))
     wood = 1.0 - 0.8 * band
     return {"out": (wood * (1.0 - bc(p["grain"]) * 0.6 * streaks)).clamp(0, 1)}
+
+
+WEAVES = ("plain", "twill", "basket")
+# Per weave: rows per over/under cycle, phase offset (rows), and how a thread's index shifts its cycle.
+_WEAVE_PERIOD = (2.0, 4.0, 4.0)
+_WEAVE_CENTRE = (0.5, 1.0, 1.0)
+
+
+@node("weave", "pattern", outputs={"height": "gray", "random": "gray"}, params=[
+    P("repeats", "int", 4, 1, 16, doc="weave repeats per side (4 threads each way per repeat)"),
+    P("pattern", "enum", "plain", choices=WEAVES, doc="plain 1/1, twill 2/2 (diagonal), basket 2x2"),
+    P("thread_width", "float", 0.85, 0.3, 1.0, doc="thread width as a fraction of the thread spacing"),
+    P("undulation", "float", 0.4, 0.0, 1.0, doc="how much threads dip where they pass under"),
+    P("thread_jitter", "float", 0.2, 0.0, 1.0, doc="random per-thread height variation"),
+    seed_param(),
+])
+def weave(ctx, inputs, p):
+    """Woven fabric: warp and weft threads passing over and under each other (height, per-thread value)."""
+    seed = node_seed(ctx, p["seed"])
+    n = (4 * p["repeats"]).float().view(-1, 1)
+    kind = p["pattern"]
+    period = torch.tensor(_WEAVE_PERIOD, device=ctx.device)[kind].view(-1, 1)
+    centre = torch.tensor(_WEAVE_CENTRE, device=ctx.device)[kind].view(-1, 1)
+    basket = (kind == 2).view(-1, 1)
+    u = _axis(ctx).view(1, -1) * n  # (B,R) in threads; the same for x and y
+    index = torch.floor(u)
+    d = (u - index - 0.5).abs() / (0.5 * p["thread_width"].view(-1, 1))
+    cross = torch.sqrt((1.0 - d * d).clamp(min=0))  # round thread section, 0 between threads
+    shift = torch.where(basket, 2 * torch.floor(index / 2), index)
+    phase = 2 * math.pi * (u - centre) / period  # (B,R)
+    offset = 2 * math.pi * shift / period
+    idx = index.long() % n.long()
+    values = [hash_unit(idx, seed.view(-1, 1), torch.tensor(salt, device=ctx.device)) for salt in (21, 22)]
+
+    def xs(t):
+        return t.view(-1, 1, 1, ctx.res)
+
+    def ys(t):
+        return t.view(-1, 1, ctx.res, 1)
+
+    amp = bc(p["undulation"]) * 0.5
+    jitter = bc(p["thread_jitter"])
+    # warp threads run along y (index from x) and rise where cos(phase(y) - offset(x)) > 0; weft the opposite
+    warp = xs(cross) * (1 - amp + amp * torch.cos(ys(phase) - xs(offset))) * (1 - jitter * xs(values[0]))
+    weft = ys(cross) * (1 - amp - amp * torch.cos(xs(phase) - ys(offset))) * (1 - jitter * ys(values[1]))
+    on_top = (warp >= weft).float()
+    random = xs(values[0]) * on_top + ys(values[1]) * (1 - on_top)
+    return {"height": torch.maximum(warp, weft), "random": random}
