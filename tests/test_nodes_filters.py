@@ -478,3 +478,24 @@ def test_bad_filter_parameters_raise_a_graph_error_naming_them():
         plan.stack([{"spots": {"radius": float("nan")}}])
     with pytest.raises(GraphError, match="'tiled'.*'tile_x'"):
         plan.stack([{"tiled": {"tile_x": 2.5}}])
+
+
+# ---------------------------------------------------------------- helpers against slow references
+
+def test_wrap_lookup_matches_the_gather_reference_anywhere_on_the_plane():
+    from graph_executor.nodes._common import wrap_sample
+    from graph_executor.nodes._filters_util import wrap_lookup
+
+    img = torch.rand(2, 3, 16, 16)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(2, 1, 16, 16, generator=g) * 6 - 3, torch.rand(2, 1, 16, 16, generator=g) * 6 - 3
+    assert torch.allclose(wrap_lookup(img, x, y), wrap_sample(img, x, y), atol=1e-5)
+
+
+@pytest.mark.parametrize("radius", [0, 1, 2, 3, 5, 7])
+def test_window_max_matches_brute_force(radius):
+    from graph_executor.nodes._filters_util import window_max
+
+    x = torch.rand(2, 1, 4, 20)
+    brute = torch.stack([torch.roll(x, s, -1) for s in range(-radius, radius + 1)]).amax(0)
+    assert torch.equal(window_max(x, radius, -1), brute)
