@@ -7,15 +7,14 @@ commands can take either a library name or a graph file.
 from __future__ import annotations
 
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 from graph_executor.errors import GraphError
 from graph_executor.ir import Graph, load_graph, loads_graph
 
 
-def _library_dir():
-    return resources.files("graph_executor") / "library"
+def _library_dir() -> Path:
+    return Path(__file__).resolve().parent / "library"
 
 
 @lru_cache(maxsize=None)

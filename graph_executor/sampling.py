@@ -1,8 +1,10 @@
 """Random draws of a graph's predicted parameters that stay close to its material.
 
-Each predicted parameter is perturbed around the graph's authored value by a fraction of its
-schema range (colours by a brightness factor and a small per-channel shift), or drawn uniformly
-from a per-graph range given in the graph's meta:
+Each predicted number is perturbed uniformly around the graph's authored value v by
+±spread·(|v| + floor·(high − low)): proportional to the value, so a small authored warp stays
+small, with a floor so zero values move too. Colours get a brightness factor and a small
+per-channel shift; enums and bools flip now and then. A per-graph range in the graph's meta
+replaces the perturbation by a uniform draw:
 
     "meta": {"sampling": {"spread": 0.2,                      # overrides SamplingConfig fields
                           "ranges": {"bricks.rows": [4, 12],  # float/int: [low, high]
@@ -29,9 +31,10 @@ ParamSet = dict[str, dict[str, Any]]
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """How far draws stray from the authored values (fractions of each parameter's range)."""
+    """How far draws stray from the authored values (see the module docstring)."""
 
-    spread: float = 0.15
+    spread: float = 0.2
+    floor: float = 0.05
     color_spread: float = 0.12
     enum_flip: float = 0.1
     bool_flip: float = 0.1
@@ -145,7 +148,8 @@ def _draw(rule: _Rule, rng: np.random.Generator, cfg: SamplingConfig) -> Any:
         drawn = base * brightness + cfg.color_spread * 0.5 * (rng.random(3) * 2 - 1)
     else:
         base = np.asarray(value, dtype=float)
-        drawn = base + cfg.spread * (spec.high - spec.low) * (rng.random(base.shape) * 2 - 1)
+        width = cfg.spread * (np.abs(base) + cfg.floor * (spec.high - spec.low))
+        drawn = base + width * (rng.random(base.shape) * 2 - 1)
     drawn = np.clip(drawn, spec.low, spec.high)
     if kind is ParamKind.INT:
         return int(np.clip(np.rint(drawn), spec.low, spec.high))
