@@ -71,7 +71,7 @@ def ridged_fbm(ctx, inputs, p):
 
 
 @node("clouds", "noise", params=[
-    *_fbm_params(scale=3, octaves=7, persistence=0.55),
+    *_fbm_params(scale=3, octaves=6, persistence=0.55),
     P("cover", "float", 0.5, 0.0, 1.0, doc="fraction of the image that is bright"),
     P("softness", "float", 0.7, 0.05, 1.0, doc="width of the transition from clear to covered"),
     seed_param(),

@@ -47,7 +47,7 @@ def _rounded_inside(ex: torch.Tensor, ey: torch.Tensor, radius: torch.Tensor) ->
     return radius - torch.sqrt(qx * qx + qy * qy) + (torch.minimum(ex, ey) - radius).clamp(min=0)
 
 
-def _tile_maps(ctx, inside, unit_px, gap, bevel, height_jitter, value):
+def _tile_maps(inside, unit_px, gap, bevel, height_jitter, value):
     """Height, mask and per-tile value ports from an inside distance (in tile units).
 
     unit_px: tile units per pixel (for a one-pixel anti-aliased edge); gap: mortar width;
@@ -76,10 +76,9 @@ def _tile_params(gap=0.08, bevel=0.2):
 def _box_tiles(ctx, p, rows, cols, shift_rows):
     """Rectangular tiles on `rows` x `cols` cells; `shift_rows` (B,R) offsets each row (in tiles)."""
     seed = node_seed(ctx, p["seed"])
-    x, y = _axis(ctx), _axis(ctx)
+    t = _axis(ctx)
     rmax, cmax = int(rows.max()), int(cols.max())
-    colsf = cols.float().view(-1, 1, 1)
-    u = x.view(1, 1, -1) * colsf - shift_rows.unsqueeze(2)  # (B,R,W)
+    u = t.view(1, 1, -1) * cols.float().view(-1, 1, 1) - shift_rows.unsqueeze(2)  # (B,R,W)
     cell = torch.floor(u)
     fx = u - cell
     col = cell.long() % cols.view(-1, 1, 1)
@@ -87,7 +86,7 @@ def _box_tiles(ctx, p, rows, cols, shift_rows):
     value_rows = table.gather(2, col)
     aspect = (rows.float() / cols.float()).view(-1, 1, 1)  # tile width in tile heights
     ex_rows = torch.minimum(fx, 1 - fx) * aspect
-    v = y.view(1, -1) * rows.float().view(-1, 1)
+    v = t.view(1, -1) * rows.float().view(-1, 1)
     ry = torch.floor(v)
     fy = (v - ry).view(-1, 1, ctx.res, 1)
     picked = (_one_hot(ry.long(), rmax) @ torch.cat([ex_rows, value_rows], 2)).unsqueeze(1)
@@ -95,7 +94,7 @@ def _box_tiles(ctx, p, rows, cols, shift_rows):
     ey = torch.minimum(fy, 1 - fy)
     inside = _rounded_inside(ex, ey, bc(p["roundness"]))
     unit_px = rows.float() / ctx.res
-    return _tile_maps(ctx, inside, unit_px, p["gap"], p["bevel"], p["height_jitter"], value)
+    return _tile_maps(inside, unit_px, p["gap"], p["bevel"], p["height_jitter"], value)
 
 
 @node("bricks", "pattern", outputs=_TILE_OUTPUTS, params=[
@@ -137,8 +136,8 @@ def hex_tiles(ctx, inputs, p):
     nx = p["columns"]
     ny = 2 * torch.round(nx.float() / math.sqrt(3.0)).clamp(min=1).long()
     s = (nx.float() / ny.float()).view(-1, 1)  # row spacing in column widths
-    x, y = _axis(ctx).view(1, -1), _axis(ctx).view(1, -1)
-    U, V = x * nx.float().view(-1, 1), y * nx.float().view(-1, 1)  # (B,W), (B,H) in column widths
+    t = _axis(ctx).view(1, -1)
+    U = V = t * nx.float().view(-1, 1)  # x (B,W) and y (B,H) in column widths
     ca, cb = torch.round(U), torch.round(U - 0.5)
     ka, kb = torch.round(V / (2 * s)), torch.round((V - s) / (2 * s))
     dxa, dxb = U - ca, U - 0.5 - cb
@@ -165,7 +164,8 @@ def hex_tiles(ctx, inputs, p):
     value_a = _expand_cells(table, row_a, col_a)
     value_b = _expand_cells(table, row_b, col_b)
     value = value_a * use_a + value_b * (1.0 - use_a)  # exact selection: one value per hexagon
-    return _tile_maps(ctx, inside * 2.0, 2.0 * nx.float() / ctx.res, p["gap"] * 2.0, p["bevel"],
+    # in units of half a hexagon width (the inradius), so gap and bevel read like those of box tiles
+    return _tile_maps(inside * 2.0, 2.0 * nx.float() / ctx.res, p["gap"] * 2.0, p["bevel"] * 2.0,
                       p["height_jitter"], value)
 
 
