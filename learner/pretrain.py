@@ -1,0 +1,377 @@
+"""Supervised pre-training of the parameter policy by teacher forcing (paper §4.2).
+
+AdamW at 1e-4, gradient-norm clipping at 1.0, linear warm-up then cosine decay; per epoch the mean
+cross-entropy per token and the token accuracy on the validation split (held-out structures), a
+TensorBoard log and a checkpoint from which an interrupted run resumes.
+
+`Pretrainer` is the whole loop for one process. Under Ray Train (`learner.pretrain_ray`) every
+worker runs the same loop with a `WorkerContext` that wraps the model in DDP and names its rank;
+without one it runs in this process. The image encoder is frozen, so by default each image is
+encoded once and its tokens are kept (half precision) for all epochs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from learner.checkpoint import (epoch_dir, latest_checkpoint, load_policy, load_trainer_state, rng_state,
+                                save_checkpoint, set_rng_state)
+from learner.dataset import SyntheticDataset, load_graphs
+from policy.batching import PolicyBatch, collate
+from policy.encoders import EfficientNetLite0Encoder, ImageEncoder, OpenClipEncoder
+from policy.model import MaterialPolicy, PolicyConfig
+from policy.tokenizer import GraphTokenizer, Vocabulary
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    root: Path = Field(description="dataset directory written by `matrl gen-data`")
+    train_split: str = "train"
+    val_split: str = "val"
+    max_train_samples: int | None = Field(None, gt=0)
+    max_val_samples: int | None = Field(None, gt=0)
+
+
+class EncoderConfig(_Strict):
+    """The frozen image encoder: offline EfficientNet-Lite0, or an open_clip vision tower."""
+
+    name: Literal["efficientnet_lite0", "open_clip"] = "efficientnet_lite0"
+    open_clip_model: str | None = Field(None, description="open_clip model name, e.g. ViT-B-32")
+    pretrained: str | None = Field(None, description="open_clip tag or local checkpoint; EffNet weights file")
+    cache_tokens: bool = Field(True, description="encode every image once (the encoder is frozen)")
+    batch_size: int = Field(64, gt=0)
+
+    def build(self) -> ImageEncoder:
+        if self.name == "efficientnet_lite0":
+            return EfficientNetLite0Encoder(self.pretrained)
+        if not self.open_clip_model:
+            raise ValueError("encoder.name 'open_clip' needs encoder.open_clip_model")
+        return OpenClipEncoder(self.open_clip_model, self.pretrained)
+
+
+class ModelConfig(_Strict):
+    """Sizes of the policy (`policy.model.PolicyConfig`); the paper's 48/4/4 and 96/4/4 by default."""
+
+    node_dim: int = 48
+    node_layers: int = 4
+    node_heads: int = 4
+    dim: int = 96
+    layers: int = 4
+    heads: int = 4
+    mlp_ratio: int = 4
+    max_slots: int = 2048
+    dropout: float = 0.0
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = Field(1.0, gt=0)
+    warmup_steps: int | None = Field(None, ge=0, description="default: warmup_fraction of all steps")
+    warmup_fraction: float = Field(0.05, ge=0, le=1)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine floor as a fraction of lr")
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(10, gt=0)
+    batch_size: int = Field(64, gt=0)
+    eval_batch_size: int = Field(256, gt=0)
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = Field(20, gt=0)
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+
+
+class DistributedConfig(_Strict):
+    """Ray Train (`matrl pretrain --ray`): DDP over `num_workers` processes."""
+
+    num_workers: int = Field(2, gt=0)
+    use_gpu: bool = False
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    cpus_per_worker: int = Field(1, gt=0)
+
+
+class PretrainConfig(_Strict):
+    out_dir: Path
+    data: DataConfig
+    encoder: EncoderConfig = EncoderConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    distributed: DistributedConfig = DistributedConfig()
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "PretrainConfig":
+        """Load a YAML config; `overrides` are dotted keys (`train.epochs=3`) applied on top."""
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        for key, value in overrides.items():
+            node = data
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        return cls.model_validate(data)
+
+
+@dataclass
+class WorkerContext:
+    """Where this copy of the loop runs: its rank, device, how to wrap the model, whom to report to."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    wrap_model: Callable[[nn.Module], nn.Module] = lambda m: m
+    report: Callable[[dict, Path | None], None] = lambda metrics, checkpoint: None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable[[int], float]:
+    """LR multiplier: linear from 1/warmup to 1 over `warmup_steps`, then cosine down to `min_ratio`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class _Examples(torch.utils.data.Dataset):
+    """Index, graph id and tokens of every row of a split, with the image only when it is needed."""
+
+    def __init__(self, source: SyntheticDataset, limit: int | None, with_images: bool):
+        self.source = source
+        self.count = min(len(source), limit) if limit else len(source)
+        self.graph_ids = source.graph_ids[:self.count]
+        self.tokens = source.table.column("tokens").to_pylist()[:self.count]
+        self.with_images = with_images
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> dict:
+        item = {"index": index, "graph_id": self.graph_ids[index], "tokens": self.tokens[index]}
+        if self.with_images:
+            item["image"] = self.source[index]["image"]
+        return item
+
+
+@dataclass
+class Batch:
+    indices: torch.Tensor
+    policy: PolicyBatch
+    images: torch.Tensor | None
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    step: int
+    train_loss: float
+    val_loss: float
+    val_token_accuracy: float
+    lr: float
+    seconds: float
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(vars(self))
+
+
+class Pretrainer:
+    """Teacher-forcing pre-training of `MaterialPolicy` on a synthetic dataset; resumes from its run dir."""
+
+    def __init__(self, config: PretrainConfig, context: WorkerContext | None = None,
+                 resume_from: Path | None = None):
+        self.config = config
+        self.ctx = context or WorkerContext(device=resolve_device(config.train.device))
+        self.device = self.ctx.device
+        self.out_dir = Path(config.out_dir)
+        torch.manual_seed(config.train.seed)
+
+        checkpoint = resume_from or latest_checkpoint(self.out_dir / "checkpoints")
+        if checkpoint is not None:
+            self.policy, info = load_policy(checkpoint, self.device)
+            self.start_epoch, self.step = info.epoch + 1, info.step
+            vocab = Vocabulary.from_dict(info.policy.vocab)
+        else:
+            self.policy, info, self.start_epoch, self.step, vocab = None, None, 1, 0, Vocabulary.from_registry()
+
+        self.encoder = config.encoder.build().to(self.device)
+        if self.policy is None:
+            policy_config = PolicyConfig.for_encoder(self.encoder, vocab, **config.model.model_dump())
+            self.policy = MaterialPolicy(policy_config).to(self.device)
+
+        graphs = load_graphs(config.data.root)
+        self.structures = {gid: GraphTokenizer(g, vocab).structure() for gid, g in graphs.items()}
+        cache = config.encoder.cache_tokens
+        self.train_set = _Examples(SyntheticDataset(config.data.root, config.data.train_split),
+                                   config.data.max_train_samples, with_images=not cache)
+        self.val_set = _Examples(SyntheticDataset(config.data.root, config.data.val_split),
+                                 config.data.max_val_samples, with_images=not cache)
+        if len(self.train_set) == 0 or len(self.val_set) == 0:
+            raise ValueError(f"{config.data.root}: the train and val splits must both hold samples "
+                             f"(train {len(self.train_set)}, val {len(self.val_set)})")
+        self.token_cache = ({"train": self._encode_all(self.train_set), "val": self._encode_all(self.val_set)}
+                            if cache else None)
+
+        self.sampler = DistributedSampler(self.train_set, num_replicas=self.ctx.world_size, rank=self.ctx.rank,
+                                          shuffle=True, seed=config.train.seed)
+        self.train_loader = DataLoader(self.train_set, batch_size=config.train.batch_size, sampler=self.sampler,
+                                       collate_fn=self._collate, num_workers=config.train.num_workers)
+        val_indices = list(range(self.ctx.rank, len(self.val_set), self.ctx.world_size))
+        self.val_loader = DataLoader(torch.utils.data.Subset(self.val_set, val_indices),
+                                     batch_size=config.train.eval_batch_size, collate_fn=self._collate,
+                                     num_workers=config.train.num_workers)
+
+        opt = config.optim
+        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=opt.lr, betas=opt.betas,
+                                           weight_decay=opt.weight_decay)
+        self.total_steps = config.train.epochs * len(self.train_loader)
+        warmup = opt.warmup_steps if opt.warmup_steps is not None else round(opt.warmup_fraction * self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(self.total_steps, max(1, warmup), opt.min_lr_ratio))
+        if checkpoint is not None:
+            state = load_trainer_state(checkpoint)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"])
+        self.model = self.ctx.wrap_model(self.policy)
+        self.writer = None
+
+    # ---- data ---------------------------------------------------------------------------------
+    def _collate(self, items: list[dict]) -> Batch:
+        policy_batch = collate([self.structures[it["graph_id"]] for it in items], [it["tokens"] for it in items])
+        images = torch.stack([it["image"] for it in items]) if "image" in items[0] else None
+        return Batch(torch.tensor([it["index"] for it in items]), policy_batch, images)
+
+    @torch.no_grad()
+    def _encode_all(self, examples: _Examples) -> torch.Tensor:
+        """Image tokens (N, T, C) in half precision for every example, computed once."""
+        source = examples.source
+        out = []
+        for lo in range(0, len(examples), self.config.encoder.batch_size):
+            hi = min(lo + self.config.encoder.batch_size, len(examples))
+            images = torch.stack([source[i]["image"] for i in range(lo, hi)]).to(self.device)
+            out.append(self.encoder(images).tokens.to(torch.float16).cpu())
+        return torch.cat(out)
+
+    def image_tokens(self, batch: Batch, split: str) -> torch.Tensor:
+        if self.token_cache is not None:
+            return self.token_cache[split][batch.indices].to(self.device, torch.float32)
+        with torch.no_grad():
+            return self.encoder(batch.images.to(self.device)).tokens
+
+    # ---- steps --------------------------------------------------------------------------------
+    def _logits(self, batch: Batch, split: str) -> tuple[torch.Tensor, PolicyBatch]:
+        pb = batch.policy.to(self.device)
+        return self.model(pb, self.image_tokens(batch, split)), pb
+
+    def train_step(self, batch: Batch) -> float:
+        self.model.train()
+        logits, pb = self._logits(batch, "train")
+        loss = F.cross_entropy(logits[pb.slot_mask].float(), pb.tokens[pb.slot_mask])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        if self.writer is not None and self.step % self.config.train.log_every == 0:
+            self.writer.add_scalar("train/loss", loss.item(), self.step)
+            self.writer.add_scalar("train/grad_norm", float(grad_norm), self.step)
+            self.writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.step)
+        return loss.item()
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """(mean cross-entropy per token, token accuracy) over the whole validation split, all ranks."""
+        self.model.eval()
+        totals = torch.zeros(3, dtype=torch.float64)
+        for batch in self.val_loader:
+            logits, pb = self._logits(batch, "val")
+            real_logits, targets = logits[pb.slot_mask].float(), pb.tokens[pb.slot_mask]
+            totals += torch.tensor([F.cross_entropy(real_logits, targets, reduction="sum").item(),
+                                    (real_logits.argmax(-1) == targets).sum().item(), targets.numel()],
+                                   dtype=torch.float64)
+        if self.ctx.world_size > 1 and dist.is_initialized():
+            totals = totals.to(self.device)
+            dist.all_reduce(totals)
+            totals = totals.cpu()
+        loss_sum, correct, count = totals.tolist()
+        return loss_sum / max(count, 1), correct / max(count, 1)
+
+    # ---- loop ---------------------------------------------------------------------------------
+    def fit(self) -> list[EpochMetrics]:
+        """Train the remaining epochs; returns the metrics of the epochs run by this call."""
+        if self.ctx.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.writer = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=self.step + 1)
+            (self.out_dir / "config.yaml").write_text(yaml.safe_dump(self.config.model_dump(mode="json")))
+        history = []
+        try:
+            if self.start_epoch == 1:
+                val_loss, val_acc = self.evaluate()  # every rank: evaluate() all-reduces
+                if self.writer is not None:
+                    self.writer.add_scalar("val/loss", val_loss, 0)
+                    self.writer.add_scalar("val/token_accuracy", val_acc, 0)
+            for epoch in range(self.start_epoch, self.config.train.epochs + 1):
+                history.append(self._epoch(epoch))
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+        return history
+
+    def _epoch(self, epoch: int) -> EpochMetrics:
+        start = time.perf_counter()
+        self.sampler.set_epoch(epoch)
+        losses = [self.train_step(batch) for batch in self.train_loader]
+        val_loss, val_acc = self.evaluate()
+        metrics = EpochMetrics(epoch, self.step, sum(losses) / len(losses), val_loss, val_acc,
+                               self.scheduler.get_last_lr()[0], time.perf_counter() - start)
+        checkpoint = None
+        if self.ctx.is_main:
+            for tag, value in (("epoch/train_loss", metrics.train_loss), ("epoch/seconds", metrics.seconds),
+                               ("val/loss", metrics.val_loss), ("val/token_accuracy", metrics.val_token_accuracy)):
+                self.writer.add_scalar(tag, value, epoch)
+            self.writer.flush()
+            checkpoint = self.save(epoch, metrics)
+            with open(self.out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(metrics.as_dict()) + "\n")
+        self.ctx.report(metrics.as_dict(), checkpoint)
+        return metrics
+
+    def save(self, epoch: int, metrics: EpochMetrics) -> Path:
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "rng": rng_state()}
+        return save_checkpoint(epoch_dir(self.out_dir / "checkpoints", epoch), self.policy,
+                               encoder=self.config.encoder.model_dump(), train=self.config.model_dump(mode="json"),
+                               epoch=epoch, step=self.step, metrics=metrics.as_dict(), trainer_state=state)
