@@ -143,7 +143,7 @@ def worley(ctx, inputs, p):
 
 
 @node("voronoi_cells", "noise", outputs={"out": "gray", "edges": "gray"}, params=[
-    P("scale", "int", 6, 1, 32, doc="cells across the image"),
+    P("scale", "int", 6, 2, 32, doc="cells across the image"),
     P("jitter", "float", 1.0, 0.0, 1.0),
     P("edge_width", "float", 0.1, 0.01, 0.5, doc="width of the edge falloff, in cells"),
     seed_param(),
@@ -164,7 +164,7 @@ def voronoi_cells(ctx, inputs, p):
 
 
 @node("white_noise", "noise", params=[
-    P("scale", "int", 256, 1, 2048, doc="cells across the image (capped at the resolution)"),
+    P("scale", "int", 256, 1, 512, doc="cells across the image (capped at the resolution)"),
     seed_param(),
 ])
 def white_noise(ctx, inputs, p):

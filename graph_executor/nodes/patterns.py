@@ -65,9 +65,9 @@ _TILE_OUTPUTS = {"height": "gray", "mask": "gray", "random": "gray"}
 
 def _tile_params(gap=0.08, bevel=0.2):
     return [
-        P("gap", "float", gap, 0.0, 0.5, doc="mortar/grout width, in tile heights"),
-        P("bevel", "float", bevel, 0.0, 1.0, doc="width of the edge slope, as a fraction of the half tile"),
-        P("roundness", "float", 0.0, 0.0, 0.5, doc="corner radius, in tile heights"),
+        P("gap", "float", gap, 0.0, 0.3, doc="mortar/grout width, as a fraction of the tile's shorter side"),
+        P("bevel", "float", bevel, 0.0, 1.0, doc="width of the edge slope, as a fraction of half the shorter side"),
+        P("roundness", "float", 0.0, 0.0, 0.5, doc="corner radius, as a fraction of the shorter side"),
         P("height_jitter", "float", 0.3, 0.0, 1.0, doc="random per-tile height variation"),
         seed_param(),
     ]
@@ -84,16 +84,17 @@ def _box_tiles(ctx, p, rows, cols, shift_rows):
     col = cell.long() % cols.view(-1, 1, 1)
     table = rect_lattice_hash(rmax, cmax, seed, salt=1)
     value_rows = table.gather(2, col)
-    aspect = (rows.float() / cols.float()).view(-1, 1, 1)  # tile width in tile heights
-    ex_rows = torch.minimum(fx, 1 - fx) * aspect
+    # distances in units of the tile's shorter side, so gap and bevel mean the same for any shape
+    short = torch.minimum(1.0 / rows.float(), 1.0 / cols.float())
+    ex_rows = torch.minimum(fx, 1 - fx) * (1.0 / (cols.float() * short)).view(-1, 1, 1)
     v = t.view(1, -1) * rows.float().view(-1, 1)
     ry = torch.floor(v)
     fy = (v - ry).view(-1, 1, ctx.res, 1)
     picked = (_one_hot(ry.long(), rmax) @ torch.cat([ex_rows, value_rows], 2)).unsqueeze(1)
     ex, value = picked[..., :ctx.res], picked[..., ctx.res:]
-    ey = torch.minimum(fy, 1 - fy)
+    ey = torch.minimum(fy, 1 - fy) * bc(1.0 / (rows.float() * short))
     inside = _rounded_inside(ex, ey, bc(p["roundness"]))
-    unit_px = rows.float() / ctx.res
+    unit_px = 1.0 / (ctx.res * short)
     return _tile_maps(inside, unit_px, p["gap"], p["bevel"], p["height_jitter"], value)
 
 
@@ -124,8 +125,9 @@ def square_tiles(ctx, inputs, p):
 
 
 @node("hex_tiles", "pattern", outputs=_TILE_OUTPUTS, params=[
-    P("columns", "int", 6, 1, 32, doc="hexagons per row; rows are the nearest even count that keeps them regular"),
-    P("gap", "float", 0.08, 0.0, 0.5, doc="grout width, in hexagon widths"),
+    P("columns", "int", 6, 2, 32,
+      doc="hexagons per row; rows are the even count that keeps them closest to regular (within 15%)"),
+    P("gap", "float", 0.08, 0.0, 0.3, doc="grout width, as a fraction of the hexagon width"),
     P("bevel", "float", 0.3, 0.0, 1.0, doc="width of the edge slope, as a fraction of the inradius"),
     P("height_jitter", "float", 0.3, 0.0, 1.0),
     seed_param(),
