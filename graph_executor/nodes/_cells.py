@@ -74,7 +74,8 @@ def cell_random(seed: torch.Tensor, period: int, channels: int, salt: int = 0) -
     """Uniform [0,1) values per cell and channel, (b,P,P,C); depends only on (cell, seed, salt)."""
     i = torch.arange(period, device=seed.device)
     ch = torch.arange(channels, device=seed.device) + salt * 1009
-    return hash_unit(i.view(1, -1, 1, 1), i.view(1, 1, -1, 1), seed.view(-1, 1, 1, 1), ch.view(1, 1, 1, -1))
+    # the column key comes last, so only the final hash rounds run at full (b,P,P,C) size
+    return hash_unit(seed.view(-1, 1, 1, 1), ch.view(1, 1, 1, -1), i.view(1, -1, 1, 1), i.view(1, 1, -1, 1))
 
 
 def neighbour(table: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
@@ -145,8 +146,8 @@ def rect_lattice_hash(rows: int, cols: int, seed: torch.Tensor, salt: int = 0) -
     """Uniform [0,1) values on a (b, rows, cols) lattice, indexed [row, column]."""
     r = torch.arange(rows, device=seed.device)
     c = torch.arange(cols, device=seed.device)
-    return hash_unit(c.view(1, 1, -1), r.view(1, -1, 1), seed.view(-1, 1, 1),
-                     torch.tensor(salt + 7919, device=seed.device))
+    return hash_unit(seed.view(-1, 1, 1), torch.tensor(salt + 7919, device=seed.device), r.view(1, -1, 1),
+                     c.view(1, 1, -1))
 
 
 def stretched_value_noise(ctx, cols: torch.Tensor, rows: torch.Tensor, seed: torch.Tensor, salt: int = 0):
