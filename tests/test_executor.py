@@ -87,3 +87,18 @@ def test_cuda_matches_cpu(plan):
     gpu = plan.run(plan.stack(batch=4, device="cuda"), res=128, seed=[1, 2, 3, 4], device="cuda")
     for (name, x), (_, y) in zip(cpu.items(), gpu.items()):
         assert torch.allclose(x, y.cpu(), atol=2e-3), name
+
+
+@pytest.mark.parametrize("basis", ["perlin", "value_noise"])
+def test_dense_and_sparse_lattice_paths_agree(basis):
+    """Both evaluation strategies of lattice noise compute the same function (each is used by size)."""
+    from graph_executor.executor import NodeContext
+    from graph_executor.nodes import _common
+
+    fn = getattr(_common, basis)
+    ctx = NodeContext(64, 2, torch.device("cpu"), torch.tensor([1, 2]), {})
+    small, large = torch.tensor([3, 16]), torch.tensor([3, 32])
+    assert _common._dense_is_faster(ctx, small) and not _common._dense_is_faster(ctx, large)
+    dense_part = fn(ctx, small, ctx.seed)
+    sparse_all = fn(ctx, large, ctx.seed)
+    assert torch.allclose(dense_part[0], sparse_all[0], atol=1e-5)

@@ -100,20 +100,68 @@ def lattice_hash(ctx: NodeContext, period: torch.Tensor, seed: torch.Tensor, sal
     return hash_unit(i.view(1, 1, -1), i.view(1, -1, 1), seed.view(-1, 1, 1), torch.tensor(salt, device=ctx.device))
 
 
+def lattice_taps(ctx: NodeContext, period: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The two lattice columns each pixel interpolates between, with faded weights and offsets.
+
+    Returns (i0, i1, w0, w1, o0, o1), each (B, res): columns wrap modulo the per-sample period;
+    w are the faded weights and o the weights times the pixel's offset from each lattice point.
+    """
+    key = ("taps", ctx.res, ctx.device, tuple(period.tolist()))
+    if key not in ctx.cache:
+        period = period.clamp(min=1).view(-1, 1)
+        x = (torch.arange(ctx.res, device=ctx.device, dtype=torch.float32) + 0.5) / ctx.res
+        u = x.view(1, -1) * period.float()
+        cell = torch.floor(u)
+        f = u - cell
+        i0 = cell.long() % period
+        w1 = fade(f)
+        w0 = 1 - w1
+        ctx.cache[key] = (i0, (i0 + 1) % period, w0, w1, w0 * f, w1 * (f - 1))
+    return ctx.cache[key]
+
+
+def _separable_sparse(table: torch.Tensor, rows: tuple, cols: tuple) -> torch.Tensor:
+    """rows-matrix @ table @ cols-matrixᵀ where both matrices have two taps (index, coefficient) per row."""
+    (r0, r1, rc0, rc1), (c0, c1, cc0, cc1) = rows, cols
+    B, P, _ = table.shape
+    res = c0.shape[1]
+    u = (table.gather(2, c0.unsqueeze(1).expand(B, P, res)) * cc0.unsqueeze(1)
+         + table.gather(2, c1.unsqueeze(1).expand(B, P, res)) * cc1.unsqueeze(1))
+    return (u.gather(1, r0.unsqueeze(2).expand(B, res, res)) * rc0.unsqueeze(2)
+            + u.gather(1, r1.unsqueeze(2).expand(B, res, res)) * rc1.unsqueeze(2))
+
+
+def _dense_is_faster(ctx: NodeContext, period: torch.Tensor) -> bool:
+    return int(period.max()) * 4 <= ctx.res
+
+
 def perlin(ctx: NodeContext, period: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
-    """Tileable gradient noise with `period` cells across the image, roughly in [-1,1]; (B,1,H,W)."""
-    weights, offsets = interpolation_matrices(ctx, period)
+    """Tileable gradient noise with `period` cells across the image, roughly in [-1,1]; (B,1,H,W).
+
+    Gradient noise is a sum of two separable bilinear forms over the lattice. Periods up to a
+    quarter of the resolution use dense batched matmuls (fastest there, measured); above that the
+    matmul cost grows with P² and a two-tap gather per axis wins (the matrices are 2-sparse).
+    """
     angle = lattice_hash(ctx, period, seed) * (2 * math.pi)
     gx, gy = torch.cos(angle), torch.sin(angle)
-    n = weights @ gx @ offsets.transpose(1, 2) + offsets @ gy @ weights.transpose(1, 2)
+    if _dense_is_faster(ctx, period):
+        weights, offsets = interpolation_matrices(ctx, period)
+        n = weights @ gx @ offsets.transpose(1, 2) + offsets @ gy @ weights.transpose(1, 2)
+    else:
+        i0, i1, w0, w1, o0, o1 = lattice_taps(ctx, period)
+        weight, offset = (i0, i1, w0, w1), (i0, i1, o0, o1)
+        n = _separable_sparse(gx, weight, offset) + _separable_sparse(gy, offset, weight)
     return (n * math.sqrt(2.0)).unsqueeze(1)
 
 
 def value_noise(ctx: NodeContext, period: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
     """Tileable smooth value noise in [0,1]; (B,1,H,W)."""
-    weights, _ = interpolation_matrices(ctx, period)
     table = lattice_hash(ctx, period, seed)
-    return (weights @ table @ weights.transpose(1, 2)).unsqueeze(1)
+    if _dense_is_faster(ctx, period):
+        weights, _ = interpolation_matrices(ctx, period)
+        return (weights @ table @ weights.transpose(1, 2)).unsqueeze(1)
+    i0, i1, w0, w1, _, _ = lattice_taps(ctx, period)
+    return _separable_sparse(table, (i0, i1, w0, w1), (i0, i1, w0, w1)).unsqueeze(1)
 
 
 def octave_period(base: torch.Tensor, lacunarity: torch.Tensor, octave: int, res: int) -> torch.Tensor:
