@@ -12,9 +12,12 @@ encoded once and its tokens are kept (half precision) for all epochs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -24,6 +27,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -238,7 +243,8 @@ class Pretrainer:
         if len(self.train_set) == 0 or len(self.val_set) == 0:
             raise ValueError(f"{config.data.root}: the train and val splits must both hold samples "
                              f"(train {len(self.train_set)}, val {len(self.val_set)})")
-        self.token_cache = ({"train": self._encode_all(self.train_set), "val": self._encode_all(self.val_set)}
+        self.token_cache = ({"train": self._encode_all(self.train_set, "train"),
+                             "val": self._encode_all(self.val_set, "val")}
                             if cache else None)
 
         self.sampler = DistributedSampler(self.train_set, num_replicas=self.ctx.world_size, rank=self.ctx.rank,
@@ -271,16 +277,31 @@ class Pretrainer:
         images = torch.stack([it["image"] for it in items]) if "image" in items[0] else None
         return Batch(torch.tensor([it["index"] for it in items]), policy_batch, images)
 
-    @torch.no_grad()
-    def _encode_all(self, examples: _Examples) -> torch.Tensor:
-        """Image tokens (N, T, C) in half precision for every example, computed once."""
+    def _encode_all(self, examples: _Examples, split: str) -> torch.Tensor:
+        """Image tokens (N, T, C) in half precision for every example: computed once, kept in the run
+        directory (so a resumed run does not encode again), recomputed when rows or encoder differ."""
         source = examples.source
+        rows = source.table.select(["graph_id", "sample_index", "seed"]).slice(0, len(examples)).to_pydict()
+        fingerprint = hashlib.sha1(json.dumps([self.config.encoder.name, self.config.encoder.open_clip_model,
+                                               self.config.encoder.pretrained, rows]).encode()).hexdigest()
+        path = self.out_dir / "image_tokens" / f"{split}.safetensors"
+        if path.is_file():
+            with safe_open(str(path), "pt") as f:
+                if (f.metadata() or {}).get("fingerprint") == fingerprint:
+                    return f.get_tensor("tokens")
         out = []
-        for lo in range(0, len(examples), self.config.encoder.batch_size):
-            hi = min(lo + self.config.encoder.batch_size, len(examples))
-            images = torch.stack([source[i]["image"] for i in range(lo, hi)]).to(self.device)
-            out.append(self.encoder(images).tokens.to(torch.float16).cpu())
-        return torch.cat(out)
+        with torch.no_grad():
+            for lo in range(0, len(examples), self.config.encoder.batch_size):
+                hi = min(lo + self.config.encoder.batch_size, len(examples))
+                images = torch.stack([source[i]["image"] for i in range(lo, hi)]).to(self.device)
+                out.append(self.encoder(images).tokens.to(torch.float16).cpu())
+        tokens = torch.cat(out)
+        if self.ctx.is_main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+            save_file({"tokens": tokens}, str(tmp), metadata={"fingerprint": fingerprint})
+            os.replace(tmp, path)
+        return tokens
 
     def image_tokens(self, batch: Batch, split: str) -> torch.Tensor:
         if self.token_cache is not None:
@@ -320,12 +341,14 @@ class Pretrainer:
             totals += torch.tensor([F.cross_entropy(real_logits, targets, reduction="sum").item(),
                                     (real_logits.argmax(-1) == targets).sum().item(), targets.numel()],
                                    dtype=torch.float64)
-        if self.ctx.world_size > 1 and dist.is_initialized():
-            totals = totals.to(self.device)
-            dist.all_reduce(totals)
-            totals = totals.cpu()
-        loss_sum, correct, count = totals.tolist()
+        loss_sum, correct, count = self._sum_over_ranks(totals).tolist()
         return loss_sum / max(count, 1), correct / max(count, 1)
+
+    def _sum_over_ranks(self, values: torch.Tensor) -> torch.Tensor:
+        if self.ctx.world_size > 1 and dist.is_initialized():
+            values = values.to(self.device)
+            dist.all_reduce(values)
+        return values.cpu()
 
     # ---- loop ---------------------------------------------------------------------------------
     def fit(self) -> list[EpochMetrics]:
@@ -354,8 +377,9 @@ class Pretrainer:
         start = time.perf_counter()
         self.sampler.set_epoch(epoch)
         losses = [self.train_step(batch) for batch in self.train_loader]
+        loss_sum, batches = self._sum_over_ranks(torch.tensor([sum(losses), len(losses)], dtype=torch.float64))
         val_loss, val_acc = self.evaluate()
-        metrics = EpochMetrics(epoch, self.step, sum(losses) / len(losses), val_loss, val_acc,
+        metrics = EpochMetrics(epoch, self.step, float(loss_sum / batches), val_loss, val_acc,
                                self.scheduler.get_last_lr()[0], time.perf_counter() - start)
         checkpoint = None
         if self.ctx.is_main:
