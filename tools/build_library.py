@@ -7,7 +7,8 @@
 
 Recipes call GraphBuilder methods named after node types: `g.perlin_fbm(scale=4)` adds a node
 and returns its reference; positional arguments connect the node type's input ports in order,
-keyword arguments naming an input port connect it, all other keywords are parameters.
+keyword arguments naming an input port connect it, all other keywords are parameters. Seeds
+are offset by a hash of the graph name, so variants of one recipe differ in their randomness.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,7 @@ class GraphBuilder:
         self.ranges: dict[str, Any] = {}
         self.fixed: list[str] = []
         self.sampling: dict[str, float] = {}
+        self.seed_offset = zlib.crc32(name.encode()) % 5000
 
     def add(self, type: str, *sources: str, name: str | None = None, **kwargs: Any) -> Ref:
         library = load_node_library()
@@ -66,6 +69,8 @@ class GraphBuilder:
                 inputs[key] = str(value)
             else:
                 params[key] = value
+        if "seed" in params:
+            params["seed"] += self.seed_offset
         self.nodes[name] = {"type": type, "params": params, "inputs": inputs}
         return Ref(name)
 
