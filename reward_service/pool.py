@@ -37,6 +37,9 @@ class PoolConfig(BaseModel):
     max_attempts: int = Field(3, ge=1, description="dispatches of one task: the first plus re-dispatches "
                                                    "after the worker running it died")
     ready_timeout_s: float = Field(600.0, gt=0, description="wait for a worker to start or come back")
+    max_in_flight: int = Field(2, ge=1, description="tasks sent to one worker at a time (one running, the "
+                                                    "rest queued there); more wait in the pool, where a "
+                                                    "deadline or cancellation drops them before any work")
 
 
 class MissingTarget(KeyError):
@@ -55,6 +58,10 @@ class WorkerCrashed(RuntimeError):
     """The task's workers died `max_attempts` times in a row while running it."""
 
 
+class DeadlinePassed(TimeoutError):
+    """The task reached its worker after the caller's deadline; it was not run."""
+
+
 class RewardWorkerShell:
     """Ray actor body: one RewardWorker (torch threads = 1 by its config) in its own process."""
 
@@ -64,7 +71,14 @@ class RewardWorkerShell:
     def ready(self) -> int:
         return os.getpid()
 
-    def score(self, request: ScoreRequest) -> list[ScoreResult]:
+    def score(self, request: ScoreRequest, deadline_unix: float | None = None) -> list[ScoreResult]:
+        """Score, given the caller's wall-clock deadline: time spent queued here counts against it
+        (ray.cancel does not stop a task already queued at a sync actor, so the shell checks)."""
+        if deadline_unix is not None:
+            remaining = deadline_unix - time.time()
+            if remaining <= 0:
+                raise DeadlinePassed(f"deadline passed {-remaining:.3f}s before the task started")
+            request = dataclasses.replace(request, timeout_s=remaining)
         if isinstance(request.target, str) and request.target not in self.worker.target_store:
             raise MissingTarget(request.target)
         return self.worker.score(request)
@@ -115,7 +129,7 @@ class RewardPool:
         self.targets: dict[str, bytes] = {}
         self.counters = {"tasks": 0, "retries": 0, "restarts": 0}
         self._names = itertools.count()
-        self._changed: asyncio.Condition | None = None
+        self._changed: asyncio.Event | None = None
         self._resizing: asyncio.Lock | None = None
         self._background: set[asyncio.Task] = set()
 
@@ -132,15 +146,19 @@ class RewardPool:
         self.slots.clear()
         self.size = 0
 
-    def _condition(self) -> asyncio.Condition:
+    def _bind_loop(self) -> None:
+        """Create the loop-bound primitives on first use, inside the serving event loop."""
         if self._changed is None:
-            self._changed = asyncio.Condition()
+            self._changed = asyncio.Event()
             self._resizing = asyncio.Lock()
-        return self._changed
 
-    async def _notify(self) -> None:
-        async with self._condition():
-            self._condition().notify_all()
+    def _notify(self) -> None:
+        """Wake everything waiting for a change of slot states or in-flight counts."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _wait_change(self, timeout_s: float | None = None) -> None:
+        await asyncio.wait_for(self._changed.wait(), timeout_s)
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -168,7 +186,7 @@ class RewardPool:
         await self._await_ready(slot.actor, self.config.ready_timeout_s)
         if slot.state is SlotState.STARTING:
             slot.state = SlotState.READY
-        await self._notify()
+        self._notify()
 
     # ---- resizing --------------------------------------------------------------------------------
     async def resize(self, workers: int) -> None:
@@ -179,7 +197,7 @@ class RewardPool:
         """
         if workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
-        self._condition()
+        self._bind_loop()
         async with self._resizing:
             self.size = workers
             active = [s for s in self.slots if s.state is not SlotState.DRAINING]
@@ -199,12 +217,12 @@ class RewardPool:
                 victims = sorted(active, key=lambda s: (order[s.state], s.in_flight))[:len(active) - workers]
                 for slot in victims:
                     slot.state = SlotState.DRAINING
-                await self._notify()
+                self._notify()
                 await asyncio.gather(*(self._drain(s) for s in victims))
 
     async def _drain(self, slot: WorkerSlot) -> None:
-        async with self._condition():
-            await self._condition().wait_for(lambda: slot.in_flight == 0)
+        while slot.in_flight:
+            await self._wait_change()
         self._remove(slot)
 
     def _remove(self, slot: WorkerSlot) -> None:
@@ -234,14 +252,14 @@ class RewardPool:
             except (RayActorError, asyncio.TimeoutError) as again:
                 log.error("replacement for %s failed to start (%r); dropping the slot", slot.name, again)
                 self._remove(slot)
-                await self._notify()
+                self._notify()
                 return
         self.counters["restarts"] += 1
         if slot.state is SlotState.RECOVERING:
             slot.state = SlotState.READY
         if slot not in self.slots:
             ray.kill(slot.actor, no_restart=True)
-        await self._notify()
+        self._notify()
 
     # ---- targets ---------------------------------------------------------------------------------
     async def put_target(self, key: str, image: bytes) -> int:
@@ -260,43 +278,43 @@ class RewardPool:
 
     # ---- dispatch --------------------------------------------------------------------------------
     async def _acquire(self, deadline: float) -> WorkerSlot:
-        """The ready worker with the fewest tasks in flight (round-robin among equals)."""
-        async with self._condition():
-            while True:
-                ready = [s for s in self.slots if s.state is SlotState.READY]
-                if ready:
-                    slot = min(ready, key=lambda s: (s.in_flight, s.dispatched))
-                    slot.in_flight += 1
-                    slot.dispatched += 1
-                    return slot
-                if not self.slots:
-                    raise PoolUnavailable("the reward pool has no workers")
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise asyncio.TimeoutError("no reward worker became ready before the deadline")
-                await asyncio.wait_for(self._condition().wait(), remaining)
+        """The ready worker with the fewest tasks in flight (round-robin among equals), once one
+        has fewer than `max_in_flight`."""
+        while True:
+            ready = [s for s in self.slots
+                     if s.state is SlotState.READY and s.in_flight < self.config.max_in_flight]
+            if ready:
+                slot = min(ready, key=lambda s: (s.in_flight, s.dispatched))
+                slot.in_flight += 1
+                slot.dispatched += 1
+                return slot
+            if not self.slots:
+                raise PoolUnavailable("the reward pool has no workers")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise asyncio.TimeoutError("no reward worker was free before the deadline")
+            await self._wait_change(remaining)
 
-    async def _release(self, slot: WorkerSlot) -> None:
+    def _release(self, slot: WorkerSlot) -> None:
         slot.in_flight -= 1
-        await self._notify()
+        self._notify()
 
     async def score(self, request: ScoreRequest, timeout_s: float | None = None) -> list[ScoreResult]:
         """Score on the least-loaded worker; re-dispatch if that worker dies.
 
-        `timeout_s` bounds the whole call (asyncio.TimeoutError when it passes): the worker is told
-        the remaining time, so it stops executing, and a task still queued is cancelled. Raises
-        RequestError for a malformed request, UnknownTarget, PoolUnavailable, WorkerCrashed.
+        `timeout_s` bounds the whole call (asyncio.TimeoutError when it passes): a task still waiting
+        in the pool is dropped, and the worker gets the deadline, so it skips a task that reaches it
+        too late and stops executing one that runs out of time. Raises RequestError for a malformed
+        request, UnknownTarget, PoolUnavailable, WorkerCrashed.
         """
-        self._condition()
+        self._bind_loop()
         deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.config.ready_timeout_s)
         failures: list[str] = []
         while True:
             slot = await self._acquire(deadline)
             try:
                 remaining = deadline - time.monotonic()
-                task = dataclasses.replace(request, timeout_s=remaining if timeout_s is not None
-                                           else request.timeout_s)
-                ref = slot.actor.score.remote(task)
+                ref = slot.actor.score.remote(request, time.time() + remaining if timeout_s is not None else None)
                 try:
                     results = await asyncio.wait_for(ref, max(remaining, 0.0))
                 except (asyncio.TimeoutError, asyncio.CancelledError):
@@ -319,7 +337,7 @@ class RewardPool:
                 await self._give_targets(slot)
                 continue
             finally:
-                await self._release(slot)
+                self._release(slot)
             self.counters["tasks"] += 1
             return results
 
@@ -342,5 +360,5 @@ class RewardPool:
         return list(await asyncio.gather(*(s.actor.stats.remote() for s in ready)))
 
 
-__all__ = ["MissingTarget", "PoolConfig", "PoolUnavailable", "RewardPool", "RewardWorkerActor",
+__all__ = ["DeadlinePassed", "MissingTarget", "PoolConfig", "PoolUnavailable", "RewardPool", "RewardWorkerActor",
            "RewardWorkerShell", "UnknownTarget", "WorkerCrashed"]

@@ -1,0 +1,105 @@
+"""`matrl serve-reward --port 50051 --workers K [--address RAY_ADDRESS]`: the gRPC reward service.
+
+Binds 127.0.0.1 unless --host says otherwise; a non-loopback host needs TLS (--tls-cert and
+--tls-key) or an explicit --insecure. --token-file turns on shared-token auth. Prints
+"reward service listening on HOST:PORT" once it serves (with --port 0, the port it picked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+log = logging.getLogger("matrl.serve_reward")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("serve-reward", help="run the gRPC reward service over a Ray pool of reward workers",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--port", type=int, default=50051, help="0 picks a free port")
+    p.add_argument("--workers", type=int, default=2, help="reward worker actors (1 CPU each)")
+    p.add_argument("--address", default=None, help="Ray cluster address; default: start a local Ray")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate chain")
+    p.add_argument("--tls-key", type=Path, default=None, help="PEM private key")
+    p.add_argument("--insecure", action="store_true", help="allow plaintext on a non-loopback host")
+    p.add_argument("--token-file", type=Path, default=None,
+                   help="file holding a shared token; clients send 'authorization: Bearer <token>'")
+    p.add_argument("--max-message-mb", type=float, default=64.0, help="largest request/response accepted")
+    p.add_argument("--chunk-samples", type=int, default=64, help="rows per worker task")
+    p.add_argument("--reward-config", type=Path, default=None, help="YAML of RewardConfig fields")
+    p.add_argument("--res", type=int, default=None, help="executor resolution (overrides --reward-config)")
+    p.add_argument("--max-restarts", type=int, default=3, help="Ray restarts per worker before it is replaced")
+    p.set_defaults(run=lambda args: run(args, p))
+
+
+def build_configs(args):
+    """Typed configs from the arguments; raises ValueError/ValidationError on a bad combination."""
+    from reward_service.config import RewardConfig
+    from reward_service.pool import PoolConfig
+    from reward_service.server import ServerConfig
+
+    server = ServerConfig(host=args.host, port=args.port, max_message_bytes=int(args.max_message_mb * (1 << 20)),
+                          chunk_samples=args.chunk_samples, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                          insecure=args.insecure, token_file=args.token_file)
+    for path in (args.tls_cert, args.tls_key, args.token_file):
+        if path is not None and not path.is_file():
+            raise ValueError(f"{path} does not exist")
+    fields = yaml.safe_load(args.reward_config.read_text()) if args.reward_config else {}
+    if args.res is not None:
+        fields = {**(fields or {}), "res": args.res}
+    reward = RewardConfig(**(fields or {}))
+    pool = PoolConfig(workers=args.workers, max_restarts=args.max_restarts)
+    return reward, pool, server
+
+
+def _message(err: Exception) -> str:
+    if isinstance(err, ValidationError):
+        return "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
+    return str(err)
+
+
+async def serve(reward_config, pool_config, server_config) -> None:
+    from reward_service.pool import RewardPool
+    from reward_service.server import RewardServer
+
+    pool = RewardPool(reward_config, pool_config)
+    await pool.start()
+    server = RewardServer(pool, server_config)
+    port = await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"reward service listening on {server_config.host}:{port} (workers={pool_config.workers}, "
+          f"tls={'on' if server_config.tls else 'off'}, auth={'token' if server_config.token_file else 'off'})",
+          flush=True)
+    await stop.wait()
+    await server.stop(5.0)
+    await pool.close()
+
+
+def run(args, parser: argparse.ArgumentParser) -> int:
+    try:
+        configs = build_configs(args)
+    except (ValueError, ValidationError) as err:
+        parser.error(_message(err))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import ray
+
+    if args.address:
+        ray.init(address=args.address)
+    else:
+        ray.init(num_cpus=max(args.workers, os.cpu_count() or 1), include_dashboard=False)
+    try:
+        asyncio.run(serve(*configs))
+    finally:
+        ray.shutdown()
+    return 0
