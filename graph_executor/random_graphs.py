@@ -9,6 +9,7 @@ degenerate at 64² is rejected and another is drawn; the result depends only on 
 
 from __future__ import annotations
 
+import colorsys
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,6 +90,10 @@ def _param_value(spec: ParamSpec, rng: random.Random, randomness: float) -> Any:
         return rng.randint(int(spec.low), int(spec.high))
     if kind is ParamKind.FLOAT:
         return rng.uniform(spec.low, spec.high)
+    if kind is ParamKind.COLOR:
+        # Material-like colours: any hue, muted saturation.
+        rgb = colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.6), rng.uniform(0.1, 0.9))
+        return [min(spec.high, max(spec.low, c)) for c in rgb]
     return [rng.uniform(spec.low, spec.high) for _ in range(spec.components)]
 
 
