@@ -171,3 +171,20 @@ def test_ray_train_ddp_on_two_cpu_workers(dataset, tmp_path):
     policy, info = load_policy(tmp_path / "ddp" / "checkpoints" / "epoch_0002")
     assert info.epoch == 2 and info.metrics["val_loss"] == pytest.approx(history[-1].val_loss)
     assert (tmp_path / "ddp" / "ray" / "pretrain" / "epoch_0002" / "model.safetensors").is_file()
+
+
+def test_quality_report_matches_the_trainer_and_scores_every_condition(dataset, tmp_path):
+    from learner.pretrain_eval import CONDITIONS, evaluate_checkpoint, format_report
+
+    trainer = Pretrainer(tiny_config(dataset, tmp_path / "run", **{"train.epochs": 1, "data.max_train_samples": 32}))
+    trained = trainer.fit()[-1]
+    report = evaluate_checkpoint(tmp_path / "run" / "checkpoints" / "epoch_0001", dataset, split="val")
+    assert report.samples == 32 and report.graphs == 2 and report.structures == 1
+    assert report.teacher_forced_loss == pytest.approx(trained.val_loss, rel=1e-3)
+    assert report.teacher_forced_token_accuracy == pytest.approx(trained.val_token_accuracy, abs=1e-3)
+    assert 0 <= report.greedy_token_accuracy <= 1
+    for condition in CONDITIONS:
+        stat = report.reward[condition]
+        assert stat.n == 32 and -1 <= stat.mean <= 1, condition
+    assert report.failures == {}
+    assert "| truth |" in format_report(report)
