@@ -106,6 +106,7 @@ def planks(name, wood_colors, rows=6, columns=2, rings=30, gloss=0.35, worn=0.2,
     tone = g.blend(layout.p("random"), wood, mode="soft_light", opacity=0.6)
     wood_color = palette(g, tone, wood_colors, (0.0, 0.4, 0.7, 1.0))
     wood_color = mottle(g, wood_color, scale=6, lightness=-0.12, saturation=0.1, opacity=0.5)
+    wood_color = g.sharpen_color(wood_color, intensity=0.6, radius=1.0)
     seams = g.levels(layout.p("height"), in_low=0.0, in_high=0.15)
     height = g.blend(g.levels(wood, out_low=0.0, out_high=0.15), seams, mode="multiply", opacity=0.6)
     height = g.levels(height, name="height")
@@ -130,10 +131,10 @@ def marble(name, base_colors, vein_colors, direction=(1, 2), turbulence=0.5, net
     cracks = g.ridged_fbm(scale=3, octaves=5, persistence=0.5, sharpness=4.0, seed=5)
     drift = g.perlin_fbm(scale=2, octaves=2, seed=6)
     cracks = g.levels(g.warp(cracks, drift, intensity=3.0), in_low=0.35, in_high=0.95, gamma=0.6)
-    veins = g.blend(cracks, main_veins, mode="lighten", opacity=network)
+    veins = g.gamma(g.blend(cracks, main_veins, mode="lighten", opacity=network), gamma=0.9)
     clouds = g.value_fbm(scale=4, octaves=6, persistence=0.6, seed=10)
     base = palette(g, clouds, base_colors, (0.0, 0.4, 0.7, 1.0))
-    base = mottle(g, base, scale=12, lightness=-0.06, opacity=0.5)
+    base = g.warp_color(mottle(g, base, scale=12, lightness=-0.06, opacity=0.5), flow, intensity=2.0)
     vein_color = palette(g, g.blur(flow, sigma=2.0), vein_colors, (0.0, 0.4, 0.7, 1.0))
     albedo = g.blend_color(vein_color, base, mask=veins, mode="copy", opacity=0.9)
     specks = g.scatter_shapes(count=32, shape="gaussian", size=0.2, density=0.4, value_jitter=0.6, seed=14)
@@ -158,6 +159,9 @@ def rusty(name, paint_rgb=None, rust=0.55, description="") -> GraphBuilder:
     rust_crust = g.perlin_fbm(scale=16, octaves=6, persistence=0.65, seed=7)
     rust_colors = [(0.16, 0.07, 0.03), (0.35, 0.14, 0.05), (0.55, 0.27, 0.1), (0.7, 0.42, 0.2)]
     rust_albedo = palette(g, g.blend(rust_crust, pores, mode="multiply", opacity=0.4), rust_colors)
+    rgb = g.channel_split(rust_albedo)
+    redder = g.blend(g.levels(rust_crust, out_low=0.0, out_high=0.15), rgb.p("r"), mode="add")
+    rust_albedo = g.channel_merge(redder, rgb.p("g"), rgb.p("b"))
     metal_albedo = palette(g, metal_grain, [(0.3, 0.3, 0.31), (0.45, 0.45, 0.46), (0.55, 0.55, 0.56),
                                             (0.65, 0.65, 0.66)])
     metal_mask = g.uniform_gray(value=1.0)
@@ -275,6 +279,8 @@ def bark(name, bark_colors, kind="furrowed", lichen_amount=0.25, description="")
     lichen_mask = g.histogram_scan(g.clouds(scale=5, cover=0.3, softness=0.4, seed=9), position=0.5, contrast=0.7)
     lichen = mottle(g, color(g, (0.45, 0.5, 0.32)), scale=24, lightness=-0.2, seed=10)
     albedo = g.blend_color(lichen, albedo, mask=lichen_mask, mode="copy", opacity=lichen_amount)
+    shading = g.emboss(g.uniform_gray(value=0.5), height, intensity=3.0, angle=135.0)
+    albedo = g.blend_color(shading, albedo, mode="overlay", opacity=0.3)
     rough = g.levels(height, out_low=0.95, out_high=0.75)
     finish(g, height, albedo, rough, normal=4.0, ao_radius=12.0, ao_intensity=5.0, ao_amount=0.7)
     return g
@@ -315,7 +321,11 @@ def tiles(name, category, layout, tile_colors, grout_rgb, count=6, gap=0.06, glo
     tile_color = mottle(g, tile_color, scale=10, lightness=-0.1, opacity=0.4)
     grout_color = mottle(g, color(g, grout_rgb), scale=24, lightness=-0.15, opacity=0.6, seed=13)
     albedo = g.blend_color(tile_color, grout_color, mask=mask, mode="copy")
+    worn_edges = g.blend(g.edge_detect(mask, width=1.5, intensity=1.0), surface, mode="multiply")
+    albedo = g.blend_color(g.hsl(albedo, lightness=0.15, saturation=-0.2), albedo, mask=worn_edges, mode="copy",
+                           opacity=0.3 + 0.4 * relief)
     albedo = grime(g, albedo, g.invert(height), amount=dirt)
+    albedo = g.levels_color(albedo, in_low=0.0, in_high=1.0, gamma=1.0)
     rough = g.levels(surface, out_low=gloss, out_high=gloss + 0.2)
     rough = g.blend(g.uniform_gray(value=0.9), rough, mask=g.invert(mask), mode="copy")
     finish(g, height, albedo, rough, normal=1.5 + 1.5 * relief, ao_radius=8.0, ao_intensity=3.0, ao_amount=0.5)
@@ -405,7 +415,7 @@ def concrete(name, kind, colors, category="concrete", description="") -> GraphBu
                              softness=0.3, seed=5)
     surface = g.blend(fine, base, mode="overlay", opacity=0.4)
     relief = g.blend(pores, g.levels(surface, out_low=0.4, out_high=0.6), mode="subtract", opacity=0.5)
-    stains = g.clouds(scale=3, cover=0.4, softness=0.9, seed=6)
+    stains = g.histogram_range(g.clouds(scale=3, cover=0.4, softness=0.9, seed=6), range=0.8, position=0.5)
     if kind == "panels":
         layout = g.square_tiles(tiles=2, gap=0.015, bevel=0.02, height_jitter=0.05, seed=7)
         holes = g.scatter_shapes(count=4, shape="disc", size=0.06, size_jitter=0.0, position_jitter=0.0,
@@ -486,20 +496,26 @@ def metal(name, kind, colors, gloss=0.25, description="") -> GraphBuilder:
 
 # ----------------------------------------------------------------------------- fabric
 
-def fabric(name, colors, threads=16, weave="plain", fuzz=0.4, gloss=0.85, description="") -> GraphBuilder:
+def fabric(name, colors, threads=16, weave="plain", woven=None, fuzz=0.4, gloss=0.85, description="") -> GraphBuilder:
+    """Cloth: threads from the weave node (`woven` names its pattern) or from waves crossed by a mask."""
     g = GraphBuilder(name, "fabric", description)
-    along_x = g.waves(kx=0, ky=threads, wobble=0.04, wobble_frequency=3, sharpness=1.5)
-    along_y = g.waves(kx=threads, ky=0, wobble=0.04, wobble_frequency=3, sharpness=1.5)
-    if weave == "twill":
-        over = g.stripes(kx=threads // 2, ky=threads // 2, width=0.6, softness=0.15)
-    elif weave == "cord":
-        over = g.uniform_gray(value=1.0)
-    else:
-        over = g.checker(scale=max(1, threads // 2), softness=0.3)
-    weave_height = g.blend(along_y, along_x, mask=over, mode="copy")
     fibres_x = g.anisotropic_noise(scale=4, stretch=32, octaves=4, direction="horizontal", seed=4)
     fibres_y = g.anisotropic_noise(scale=4, stretch=32, octaves=4, direction="vertical", seed=5)
-    fibres = g.blend(fibres_y, fibres_x, mask=over, mode="copy")
+    if woven is not None:
+        cloth_threads = g.weave(repeats=max(1, threads // 4), pattern=woven, thread_width=0.85, undulation=0.5,
+                                thread_jitter=0.3, seed=3)
+        weave_height = cloth_threads.p("height")
+        over = cloth_threads.p("random")
+        fibres = g.blend(fibres_y, fibres_x, mode="overlay", opacity=0.5)
+    else:
+        along_x = g.waves(kx=0, ky=threads, wobble=0.04, wobble_frequency=3, sharpness=1.5)
+        along_y = g.waves(kx=threads, ky=0, wobble=0.04, wobble_frequency=3, sharpness=1.5)
+        if weave == "cord":
+            over = g.uniform_gray(value=1.0)
+        else:
+            over = g.checker(scale=max(1, threads // 2), softness=0.3)
+        weave_height = g.blend(along_y, along_x, mask=over, mode="copy")
+        fibres = g.blend(fibres_y, fibres_x, mask=over, mode="copy")
     cloth = g.blend(fibres, weave_height, mode="overlay", opacity=fuzz)
     cloth = g.transform_2d(cloth, tile_x=2, tile_y=2)
     wrinkles = g.perlin_fbm(scale=2, octaves=3, seed=6)
@@ -511,7 +527,8 @@ def fabric(name, colors, threads=16, weave="plain", fuzz=0.4, gloss=0.85, descri
     fade = g.levels(wrinkles, in_low=0.5, in_high=0.9)
     albedo = g.blend_color(g.hsl(albedo, saturation=-0.3, lightness=0.1), albedo, mask=fade, mode="copy",
                            opacity=0.5)
-    rough = g.levels(cloth, out_low=gloss, out_high=min(1.0, gloss + 0.12))
+    rough = g.levels(g.blend(g.grayscale(albedo), cloth, mode="overlay", opacity=0.3), out_low=gloss,
+                     out_high=min(1.0, gloss + 0.12))
     finish(g, height, albedo, rough, normal=2.5, ao_radius=3.0, ao_intensity=3.0, ao_amount=0.6)
     return g
 
@@ -600,7 +617,7 @@ def ground(name, kind, colors, description="") -> GraphBuilder:
                                   softness=0.3, seed=6)
         relief = g.blend(stones, g.blend(grit, base, mode="overlay", opacity=0.3), mode="lighten", opacity=0.7)
         pattern = g.blend(stones, g.blend(grit, base, mode="overlay", opacity=0.5), mode="screen", opacity=0.4)
-    height = g.levels(relief, name="height")
+    height = g.levels(g.clamp(relief, low=0.02, high=0.98), name="height")
     albedo = palette(g, pattern, colors, (0.0, 0.35, 0.7, 1.0))
     albedo = mottle(g, albedo, scale=5, lightness=-0.12, hue=0.02, opacity=0.5)
     albedo = g.blend_color(g.hsl(albedo, lightness=-0.25, saturation=0.1), albedo, mask=wet, mode="copy",
@@ -626,7 +643,7 @@ def terrazzo(name, base_rgb, chip_colors, chips=24, gloss=0.15, description="") 
     chips_img = g.blend(big, small, mode="lighten")
     chip_mask = g.threshold(chips_img, threshold=0.02)
     chip_color = palette(g, chips_img, chip_colors, (0.0, 0.35, 0.7, 1.0))
-    chip_color = mottle(g, chip_color, scale=16, lightness=-0.1, opacity=0.4)
+    chip_color = g.blur_color(mottle(g, chip_color, scale=16, lightness=-0.1, opacity=0.4), sigma=0.4)
     cement = mottle(g, color(g, base_rgb), scale=6, lightness=-0.06, opacity=0.6, seed=12)
     speckle = g.blur(g.white_noise(scale=256, seed=6), sigma=0.5)
     cement = g.blend_color(g.hsl(cement, lightness=-0.2), cement, mask=g.threshold(speckle, threshold=0.85),
@@ -645,8 +662,7 @@ def plastic(name, rgb, kind="peel", gloss=0.3, description="") -> GraphBuilder:
     g = GraphBuilder(name, "plastic", description)
     fine = g.perlin_fbm(scale=32, octaves=3, persistence=0.5, seed=3)
     if kind == "studs":
-        studs = g.scatter_shapes(count=12, shape="dome", size=0.5, size_jitter=0.0, position_jitter=0.0,
-                                 rotation_jitter=0.0, density=1.0, value_jitter=0.0, softness=0.5, seed=4)
+        studs = g.levels(g.radial_gradient(count=12, radius=0.55, falloff=0.4), in_low=0.0, in_high=0.3)
         relief = g.blend(g.levels(fine, out_low=0.0, out_high=0.1), studs, mode="add")
     elif kind == "ribbed":
         ribs = g.waves(kx=0, ky=12, wobble=0.0, wobble_frequency=0, sharpness=1.0)
@@ -688,6 +704,7 @@ def paper(name, kind, colors, description="") -> GraphBuilder:
         relief = g.blend(folds, creases, mode="overlay", opacity=0.5)
         pattern = g.blend(fibres, relief, mode="overlay", opacity=0.2)
     height = g.levels(relief, name="height")
+    pattern = g.non_uniform_blur(pattern, g.perlin_fbm(scale=3, octaves=3, seed=14), sigma=2.0)
     albedo = palette(g, pattern, colors, (0.0, 0.35, 0.7, 1.0))
     albedo = mottle(g, albedo, scale=3, lightness=-0.06, opacity=0.5)
     albedo = grime(g, albedo, g.invert(height), rgb=(0.3, 0.25, 0.2), amount=0.2)
@@ -837,11 +854,13 @@ RECIPES = [
     partial(rusty, "heavy_rust", rust=0.85, description="Heavily rusted steel plate"),
     # fabric
     partial(fabric, "denim", [(0.05, 0.08, 0.18), (0.1, 0.16, 0.32), (0.2, 0.28, 0.45), (0.5, 0.55, 0.65)],
-            threads=16, weave="twill", description="Indigo denim twill"),
+            threads=32, woven="twill", description="Indigo denim twill"),
     partial(fabric, "linen", [(0.55, 0.5, 0.42), (0.66, 0.61, 0.53), (0.74, 0.7, 0.62), (0.82, 0.78, 0.7)],
             threads=16, weave="plain", description="Natural linen, plain weave"),
     partial(fabric, "burlap", [(0.3, 0.22, 0.12), (0.45, 0.35, 0.2), (0.55, 0.44, 0.28), (0.62, 0.52, 0.35)],
-            threads=8, weave="plain", fuzz=0.7, description="Coarse jute burlap"),
+            threads=12, woven="plain", fuzz=0.7, description="Coarse jute burlap"),
+    partial(fabric, "cotton_canvas", [(0.3, 0.3, 0.22), (0.42, 0.42, 0.32), (0.5, 0.5, 0.4), (0.6, 0.6, 0.5)],
+            threads=24, woven="basket", fuzz=0.4, description="Olive cotton canvas, basket weave"),
     partial(fabric, "red_corduroy", [(0.3, 0.03, 0.04), (0.5, 0.06, 0.07), (0.62, 0.12, 0.12), (0.72, 0.22, 0.2)],
             threads=8, weave="cord", fuzz=0.5, gloss=0.9, description="Red corduroy with soft vertical wales"),
     partial(carpet, "grey_carpet", [(0.2, 0.2, 0.22), (0.32, 0.32, 0.34), (0.42, 0.42, 0.44), (0.52, 0.52, 0.54)],
