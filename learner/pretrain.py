@@ -31,6 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
 
 from learner.checkpoint import (epoch_dir, latest_checkpoint, load_policy, load_trainer_state, rng_state,
                                 save_checkpoint, set_rng_state)
@@ -291,7 +292,8 @@ class Pretrainer:
                     return f.get_tensor("tokens")
         out = []
         with torch.no_grad():
-            for lo in range(0, len(examples), self.config.encoder.batch_size):
+            starts = range(0, len(examples), self.config.encoder.batch_size)
+            for lo in tqdm(starts, desc=f"encoding {split} images", unit="batch", disable=not self.ctx.is_main):
                 hi = min(lo + self.config.encoder.batch_size, len(examples))
                 images = torch.stack([source[i]["image"] for i in range(lo, hi)]).to(self.device)
                 out.append(self.encoder(images).tokens.to(torch.float16).cpu())

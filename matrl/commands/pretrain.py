@@ -28,6 +28,12 @@ def parse_override(text: str) -> tuple[str, object]:
     return key, yaml.safe_load(raw)
 
 
+def print_epoch(m: dict) -> None:
+    print(f"epoch {m['epoch']:3d}  step {m['step']:6d}  train loss {m['train_loss']:.4f}  "
+          f"val loss {m['val_loss']:.4f}  val token acc {m['val_token_accuracy']:.3f}  ({m['seconds']:.1f}s)",
+          flush=True)
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "pretrain", help="supervised pre-training of the policy on a synthetic dataset",
@@ -46,11 +52,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
-    from learner.checkpoint import CheckpointError
-    from learner.dataset import DatasetError
-    from learner.pretrain import Pretrainer, PretrainConfig
+    from learner.pretrain import Pretrainer, PretrainConfig, WorkerContext, resolve_device
 
     try:
         overrides = dict(parse_override(text) for text in args.set)
@@ -63,14 +65,15 @@ def run(args: argparse.Namespace) -> int:
             from learner.pretrain_ray import pretrain_on_ray
 
             history = pretrain_on_ray(config)
+            for m in history:
+                print_epoch(m.as_dict())
         else:
-            history = Pretrainer(config).fit()
-    except (ValidationError, ValueError, FileNotFoundError, DatasetError, CheckpointError) as exc:
+            context = WorkerContext(device=resolve_device(config.train.device),
+                                    report=lambda metrics, checkpoint: print_epoch(metrics))
+            history = Pretrainer(config, context).fit()
+    except (ValueError, FileNotFoundError) as exc:  # pydantic's, dataset and checkpoint errors are ValueErrors
         print(f"pretrain: {exc}", file=sys.stderr)
         return 2
-    for m in history:
-        print(f"epoch {m.epoch:3d}  step {m.step:6d}  train loss {m.train_loss:.4f}  val loss {m.val_loss:.4f}  "
-              f"val token acc {m.val_token_accuracy:.3f}  ({m.seconds:.1f}s)")
     if not history:
         print(f"nothing to do: {config.out_dir} already holds all {config.train.epochs} epochs")
     print(f"checkpoints and TensorBoard logs in {config.out_dir}")
