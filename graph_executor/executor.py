@@ -157,7 +157,13 @@ class Plan:
                     inputs.setdefault(port, None)
                 ctx = NodeContext(res, batch, device, (seeds * 1000003 + step.salt) & 0x7FFFFFFF, cache)
                 started = time.perf_counter() if step_times is not None else 0.0
-                produced = step.spec.fn(ctx, inputs, node_params)
+                try:
+                    produced = step.spec.fn(ctx, inputs, node_params)
+                except GraphError:
+                    raise
+                except Exception as err:
+                    raise GraphError(f"'{step.spec.type}' failed to execute: {type(err).__name__}: {err}",
+                                     step.name) from err
                 if step_times is not None:
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)

@@ -102,3 +102,20 @@ def test_dense_and_sparse_lattice_paths_agree(basis):
     dense_part = fn(ctx, small, ctx.seed)
     sparse_all = fn(ctx, large, ctx.seed)
     assert torch.allclose(dense_part[0], sparse_all[0], atol=1e-5)
+
+
+def test_a_failing_node_function_is_reported_as_graph_error_naming_the_node(monkeypatch):
+    from graph_executor.schema import NODE_TYPES
+
+    graph = parse_graph(BASE)
+    spec = NODE_TYPES["levels"]
+
+    def broken(ctx, inputs, p):
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(NODE_TYPES, "levels", type(spec)(**{**spec.__dict__, "fn": broken}))
+    plan = Plan(graph)
+    with pytest.raises(Exception) as info:
+        plan.run(plan.stack(), res=64)
+    from graph_executor.errors import GraphError
+    assert isinstance(info.value, GraphError) and info.value.node == "lv" and "boom" in str(info.value)
