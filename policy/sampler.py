@@ -102,27 +102,31 @@ class Sampler:
         self._graphed: _GraphedDecoder | None = None
 
     @torch.no_grad()
-    def sample(self, batch: PolicyBatch, image_tokens: torch.Tensor, seed: int = 0) -> SampleResult:
-        """One sequence per graph of `batch` (repeat the batch for several samples per target).
+    def sample(self, batch: PolicyBatch, image_tokens: torch.Tensor, seed: int = 0,
+               samples_per_graph: int = 1) -> SampleResult:
+        """`samples_per_graph` sequences for each graph of `batch`, adjacent in the result (G*n rows).
 
-        `image_tokens` (B, T, C) must be on the policy's device, one row per graph.
+        `image_tokens` (G, T, C): one row per graph. The n samples of a graph share its node
+        encoding and cross-attention memory, which is computed and read once for all of them.
         """
+        if samples_per_graph < 1:
+            raise ValueError(f"samples_per_graph must be >= 1, got {samples_per_graph}")
         device = next(self.policy.parameters()).device
         batch = batch.to(device)
-        b, s = batch.size, batch.num_slots
+        b, s = batch.size * samples_per_graph, batch.num_slots
         uniforms = draw_uniforms(b, s, seed, device)
         was_training = self.policy.training
         self.policy.eval()
         try:
             with self._autocast(device):
-                ctx = self.policy.trunk.context(batch, image_tokens.to(device))
+                ctx = self.policy.trunk.context(batch, image_tokens.to(device)).repeat(samples_per_graph)
             if device.type == "cuda" and self.config.cuda_graphs and s > 0:
                 tokens, logp, slogp = self._graphed_decoder(ctx, b, s).run(ctx, uniforms)
             else:
                 tokens, logp, slogp = self._eager(ctx, uniforms, device)
         finally:
             self.policy.train(was_training)
-        keep = batch.slot_mask
+        keep = batch.slot_mask.repeat_interleave(samples_per_graph, 0)
         return SampleResult(tokens * keep, logp * keep, slogp * keep)
 
     def _autocast(self, device: torch.device):
@@ -144,7 +148,7 @@ class Sampler:
         return tokens, logp, slogp
 
     def _graphed_decoder(self, ctx: DecoderContext, b: int, s: int) -> "_GraphedDecoder":
-        key = (b, s, ctx.memory_kv[0][0].shape[2], ctx.slot_embed.dtype)
+        key = (b, s, ctx.group, ctx.memory_kv[0][0].shape[2], ctx.slot_embed.dtype)
         if self._graphed is None or self._graphed.key != key:
             self._graphed = None  # free the old graphs and cache before capturing new ones
             torch.cuda.empty_cache()
@@ -162,7 +166,8 @@ class _GraphedDecoder:
         device = ctx.slot_embed.device
         self.ctx = DecoderContext(slot_embed=ctx.slot_embed.clone(),
                                   memory_kv=[(k.clone(), v.clone()) for k, v in ctx.memory_kv],
-                                  memory_mask=ctx.memory_mask.clone(), token_masks=ctx.token_masks.clone())
+                                  memory_mask=ctx.memory_mask.clone(), token_masks=ctx.token_masks.clone(),
+                                  group=ctx.group)
         self.cache = policy.trunk.new_cache(s)
         self.prev = torch.full((b,), BOS, dtype=torch.long, device=device)
         self.step = torch.zeros(1, dtype=torch.long, device=device)
@@ -222,11 +227,11 @@ class _GraphedDecoder:
 
 @torch.no_grad()
 def sample_by_rerun(policy: MaterialPolicy, batch: PolicyBatch, image_tokens: torch.Tensor, seed: int = 0,
-                    config: SamplingConfig = SamplingConfig()) -> SampleResult:
+                    config: SamplingConfig = SamplingConfig(), samples_per_graph: int = 1) -> SampleResult:
     """Reference sampler without a KV cache: the full model on the prefix at every step."""
     device = next(policy.parameters()).device
-    batch = batch.to(device)
-    image_tokens = image_tokens.to(device)
+    batch = batch.to(device).repeat_interleave(samples_per_graph)
+    image_tokens = image_tokens.to(device).repeat_interleave(samples_per_graph, 0)
     b, s = batch.size, batch.num_slots
     uniforms = draw_uniforms(b, s, seed, device)
     tokens = torch.zeros(b, s, dtype=torch.long, device=device)

@@ -53,6 +53,19 @@ def test_cached_sampling_equals_rerunning_the_prefix():
         torch.testing.assert_close(cached.sample_log_probs, rerun.sample_log_probs, atol=1e-4, rtol=1e-4)
 
 
+def test_samples_per_graph_share_one_context_exactly():
+    policy = sharpened_policy()
+    batch, img = structures(chain_graph(), tiny_graph()), images(2)
+    grouped = Sampler(policy).sample(batch, img, seed=3, samples_per_graph=4)
+    repeated = Sampler(policy).sample(batch.repeat_interleave(4), img.repeat_interleave(4, 0), seed=3)
+    rerun = sample_by_rerun(policy, batch, img, seed=3, samples_per_graph=4)
+    assert grouped.tokens.shape == (8, batch.num_slots)
+    assert torch.equal(grouped.tokens, repeated.tokens) and torch.equal(grouped.tokens, rerun.tokens)
+    torch.testing.assert_close(grouped.log_probs, repeated.log_probs, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(grouped.tokens[0], grouped.tokens[1])
+    assert (grouped.tokens[4:, len(GraphTokenizer(tiny_graph())):] == 0).all()  # tiny graph's padding
+
+
 def test_sampling_is_deterministic_for_a_seed():
     policy = sharpened_policy()
     batch, img = structures(chain_graph(), chain_graph()), images(2)
@@ -133,19 +146,19 @@ def test_cuda_graphs_match_eager_cuda_and_cpu():
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     policy = sharpened_policy()
-    batch = structures(chain_graph(), rewired_graph(), tiny_graph()).repeat_interleave(8)
-    img = images(3).repeat_interleave(8, 0)
-    cpu = Sampler(policy).sample(batch, img, seed=7)
+    batch, img = structures(chain_graph(), rewired_graph(), tiny_graph()), images(3)
+    cpu = Sampler(policy).sample(batch, img, seed=7, samples_per_graph=8)
     policy = policy.cuda()
     img = img.cuda()
-    eager = Sampler(policy, SamplingConfig(cuda_graphs=False)).sample(batch, img, seed=7)
+    eager = Sampler(policy, SamplingConfig(cuda_graphs=False)).sample(batch, img, seed=7, samples_per_graph=8)
     graphed = Sampler(policy, SamplingConfig(kv_bucket=4))
-    first = graphed.sample(batch, img, seed=7)
-    again = graphed.sample(batch, img, seed=7)  # replays the captured graphs
+    first = graphed.sample(batch, img, seed=7, samples_per_graph=8)
+    again = graphed.sample(batch, img, seed=7, samples_per_graph=8)  # replays the captured graphs
     assert torch.equal(first.tokens, eager.tokens) and torch.equal(again.tokens, eager.tokens)
     torch.testing.assert_close(first.log_probs, eager.log_probs)
     assert (first.tokens.cpu() == cpu.tokens).float().mean() > 0.99
     torch.testing.assert_close(first.log_probs.cpu()[first.tokens.cpu() == cpu.tokens],
                                cpu.log_probs[first.tokens.cpu() == cpu.tokens], atol=1e-3, rtol=1e-3)
-    bf16 = Sampler(policy, SamplingConfig(dtype="bfloat16")).sample(batch, img, seed=7)
+    bf16 = Sampler(policy, SamplingConfig(dtype="bfloat16")).sample(batch, img, seed=7, samples_per_graph=8)
+    batch = batch.repeat_interleave(8)
     assert batch.to("cuda").token_masks.gather(2, bf16.tokens[..., None])[..., 0].all()
