@@ -499,3 +499,28 @@ def test_window_max_matches_brute_force(radius):
     x = torch.rand(2, 1, 4, 20)
     brute = torch.stack([torch.roll(x, s, -1) for s in range(-radius, radius + 1)]).amax(0)
     assert torch.equal(window_max(x, radius, -1), brute)
+
+
+def test_rgb_to_hsl_matches_colorsys():
+    import colorsys
+
+    from graph_executor.nodes._filters_util import hsl_to_rgb, rgb_to_hsl
+
+    rgb = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    hue, sat, light = rgb_to_hsl(rgb)
+    for (r, g, b), h6, s, l in zip(rgb[0].flatten(1).T.tolist(), hue.flatten().tolist(), sat.flatten().tolist(),
+                                   light.flatten().tolist()):
+        ref_h, ref_l, ref_s = colorsys.rgb_to_hls(r, g, b)
+        assert min(abs(ref_h * 6 - h6), 6 - abs(ref_h * 6 - h6)) < 1e-4
+        assert abs(ref_s - s) < 1e-5 and abs(ref_l - l) < 1e-5
+    assert torch.allclose(hsl_to_rgb(hue, sat, light), rgb, atol=1e-5)
+
+
+def test_chunked_node_equals_single_runs_at_full_resolution():
+    """hsl runs in chunks of one 256² sample; the chunks must keep each sample's own parameters."""
+    samples = random_samples("hsl", 3, seed=5)
+    inputs = make_inputs("hsl", 3, seed=50, res=256)
+    batched = run("hsl", inputs, stack_params("hsl", samples), res=256)["out"]
+    for i, sample in enumerate(samples):
+        single = run("hsl", {"in": inputs["in"][i:i + 1]}, stack_params("hsl", [sample]), res=256)["out"]
+        assert torch.allclose(batched[i:i + 1], single, atol=1e-6)

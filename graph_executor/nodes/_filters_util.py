@@ -8,6 +8,8 @@ pad is about 20x faster than gather-based bilinear lookups; complex-by-real prod
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from typing import Callable, Iterator
 
@@ -17,6 +19,31 @@ import torch.nn.functional as F
 from graph_executor.nodes._common import bc, frequencies
 
 REFERENCE_RES = 256
+CHUNK_PIXELS = 256 * 256
+
+
+def in_chunks(fn):
+    """Run a node function on slices of the batch of about CHUNK_PIXELS pixels each.
+
+    Nodes that chain many full-resolution passes are faster on CPU when their temporaries stay
+    cache-sized and are recycled by the allocator instead of being mapped afresh (hsl inside the
+    library graphs at 256², batch 8: 15% faster in chunks of one sample).
+    """
+
+    @functools.wraps(fn)
+    def run(ctx, inputs, p):
+        rows_per_chunk = max(1, CHUNK_PIXELS // (ctx.res * ctx.res))
+        if ctx.batch <= rows_per_chunk:
+            return fn(ctx, inputs, p)
+        parts = []
+        for start in range(0, ctx.batch, rows_per_chunk):
+            rows = slice(start, start + rows_per_chunk)
+            sub = dataclasses.replace(ctx, batch=len(range(ctx.batch)[rows]), seed=ctx.seed[rows])
+            parts.append(fn(sub, {k: None if v is None else v[rows] for k, v in inputs.items()},
+                            {k: v[rows] for k, v in p.items()}))
+        return {port: torch.cat([part[port] for part in parts]) for port in parts[0]}
+
+    return run
 
 
 def px(length: torch.Tensor, res: int) -> torch.Tensor:
@@ -154,26 +181,34 @@ def step(x: torch.Tensor) -> torch.Tensor:
 
 
 def rgb_to_hsl(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Hue in sextants [-1,5) (hexagonal HSL hue times 6, unwrapped), saturation, lightness; each (B,1,H,W)."""
+    """Hue in sextants [0,6) (the hexagonal HSL hue times 6), saturation, lightness; each (B,1,H,W).
+
+    Branch-free (two comparisons pick the largest channel, after Sam Hocevar's GLSL rgb2hsv),
+    and in place on its own temporaries: large allocations are what this costs on CPU.
+    """
     r, g, b = rgb[:, 0:1], rgb[:, 1:2], rgb[:, 2:3]
-    hi = torch.maximum(torch.maximum(r, g), b)
-    lo = torch.minimum(torch.minimum(r, g), b)
+    g_wins = step(g - b)
+    big, small = torch.lerp(b, g, g_wins), torch.lerp(g, b, g_wins)
+    base_gb = g_wins - 1  # hue offset in turns when the max is g or b: -1 or 0
+    base_r = g_wins.mul_(-1).add_(2 / 3)  # ... and when it is r: 2/3 or -1/3
+    r_wins = step(r - big)
+    hi = torch.lerp(big, r, r_wins)
+    base = base_r.lerp_(base_gb, r_wins)
+    other = big.sub_(r).mul_(r_wins).add_(r)  # the channel paired with `small` in the hue difference
+    lo = torch.minimum(other, small)
     chroma = hi - lo
-    light = (hi + lo) * 0.5
-    inv = 1.0 / chroma.clamp(min=1e-12)
-    is_r = (r >= hi).to(rgb.dtype)
-    is_g = (g >= hi).to(rgb.dtype) * (1 - is_r)
-    is_b = 1 - is_r - is_g
-    hue = (is_r * (g - b) + is_g * (b - r) + is_b * (r - g)) * inv + is_g * 2 + is_b * 4
-    sat = chroma / (1 - (2 * light - 1).abs()).clamp(min=1e-12)
-    return hue, sat.clamp(0, 1), light
+    hue = other.sub_(small).div_(chroma * 6 + 1e-12).add_(base).abs_().mul_(6)
+    light = hi.add_(lo).mul_(0.5)
+    denom = torch.mul(light, 2, out=lo).sub_(1).abs_().neg_().add_(1).clamp_(min=1e-12)
+    return hue, chroma.div_(denom).clamp_(0, 1), light
 
 
 def hsl_to_rgb(hue: torch.Tensor, sat: torch.Tensor, light: torch.Tensor) -> torch.Tensor:
     """Inverse of rgb_to_hsl for hue in sextants (any real; wraps every 6)."""
-    a = sat * torch.minimum(light, 1 - light)
+    a = torch.minimum(light, 1 - light).mul_(sat)
     offsets = torch.tensor([0.0, 8.0, 4.0], device=hue.device, dtype=hue.dtype).view(1, 3, 1, 1)
-    k = offsets + 2 * hue
-    k = k - 12 * torch.floor(k * (1 / 12))
-    ramp = torch.minimum(k - 3, 9 - k).clamp(-1, 1)
-    return light - a * ramp
+    k = torch.add(offsets, hue, alpha=2)
+    k.sub_(k.mul(1 / 12).floor_().mul_(12))
+    falling = torch.sub(9, k)
+    ramp = torch.minimum(k.sub_(3), falling, out=falling).clamp_(-1, 1)
+    return ramp.mul_(a).neg_().add_(light)

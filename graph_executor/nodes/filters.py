@@ -15,7 +15,7 @@ import torch
 
 from graph_executor.nodes._common import bc, gradients
 from graph_executor.nodes._filters_util import (
-    by_group, dilate, directional_gaussian_response, fft_convolve, gaussian_response, groups, hsl_to_rgb,
+    by_group, dilate, in_chunks, directional_gaussian_response, fft_convolve, gaussian_response, groups, hsl_to_rgb,
     lut_lookup, monotone_cubic, px, rgb_to_hsl, step, wrap_lookup,
 )
 from graph_executor.schema import P, node
@@ -171,9 +171,9 @@ def gradient_map(ctx, inputs, p):
 
 
 def _push(value: torch.Tensor, amount: torch.Tensor) -> torch.Tensor:
-    """Move a [0,1] value toward 1 (amount > 0) or 0 (amount < 0) by |amount| of the way."""
+    """Move a [0,1] value toward 1 (amount > 0) or 0 (amount < 0) by |amount| of the way, in place."""
     a = bc(amount)
-    return value + a * torch.lerp(value, 1 - value, step(a))
+    return value.add_(torch.lerp(value, 1 - value, step(a)).mul_(a))
 
 
 @node("hsl", "filter", inputs={"in": "color"}, outputs={"out": "color"}, params=[
@@ -181,11 +181,12 @@ def _push(value: torch.Tensor, amount: torch.Tensor) -> torch.Tensor:
     P("saturation", "float", 0.0, -1.0, 1.0, doc="toward gray (<0) or full saturation (>0)"),
     P("lightness", "float", 0.0, -1.0, 1.0, doc="toward black (<0) or white (>0)"),
 ])
+@in_chunks
 def hsl(ctx, inputs, p):
     """Hue / saturation / lightness adjustment in HSL space; zero shifts are the identity."""
     hue, sat, light = rgb_to_hsl(inputs["in"])
-    out = hsl_to_rgb(hue + 6 * bc(p["hue"]), _push(sat, p["saturation"]), _push(light, p["lightness"]))
-    return {"out": out.clamp(0, 1)}
+    out = hsl_to_rgb(hue.add_(6 * bc(p["hue"])), _push(sat, p["saturation"]), _push(light, p["lightness"]))
+    return {"out": out.clamp_(0, 1)}
 
 
 @_both("invert", inputs={"in": "gray"}, params=[])
