@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -170,22 +171,28 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Call
 
 
 class _Examples(torch.utils.data.Dataset):
-    """Index, graph id and tokens of every row of a split, with the image only when it is needed."""
+    """Graph id and tokens of the rows of a split used for training (all, or a seeded random subset
+    of `limit`), with the decoded image only when it is needed."""
 
-    def __init__(self, source: SyntheticDataset, limit: int | None, with_images: bool):
+    def __init__(self, source: SyntheticDataset, limit: int | None, seed: int, with_images: bool):
         self.source = source
-        self.count = min(len(source), limit) if limit else len(source)
-        self.graph_ids = source.graph_ids[:self.count]
-        self.tokens = source.table.column("tokens").to_pylist()[:self.count]
+        rows = range(len(source))
+        self.rows = sorted(random.Random(seed).sample(rows, limit)) if limit and limit < len(source) else list(rows)
+        graph_ids, tokens = source.graph_ids, source.table.column("tokens").to_pylist()
+        self.graph_ids = [graph_ids[r] for r in self.rows]
+        self.tokens = [tokens[r] for r in self.rows]
         self.with_images = with_images
 
     def __len__(self) -> int:
-        return self.count
+        return len(self.rows)
+
+    def image(self, index: int) -> torch.Tensor:
+        return self.source[self.rows[index]]["image"]
 
     def __getitem__(self, index: int) -> dict:
         item = {"index": index, "graph_id": self.graph_ids[index], "tokens": self.tokens[index]}
         if self.with_images:
-            item["image"] = self.source[index]["image"]
+            item["image"] = self.image(index)
         return item
 
 
@@ -223,11 +230,11 @@ class Pretrainer:
 
         checkpoint = resume_from or latest_checkpoint(self.out_dir / "checkpoints")
         if checkpoint is not None:
-            self.policy, info = load_policy(checkpoint, self.device)
+            self.policy, info = load_policy(checkpoint, self.device)  # its sizes win over config.model
             self.start_epoch, self.step = info.epoch + 1, info.step
             vocab = Vocabulary.from_dict(info.policy.vocab)
         else:
-            self.policy, info, self.start_epoch, self.step, vocab = None, None, 1, 0, Vocabulary.from_registry()
+            self.policy, self.start_epoch, self.step, vocab = None, 1, 0, Vocabulary.from_registry()
 
         self.encoder = config.encoder.build().to(self.device)
         if self.policy is None:
@@ -237,10 +244,11 @@ class Pretrainer:
         graphs = load_graphs(config.data.root)
         self.structures = {gid: GraphTokenizer(g, vocab).structure() for gid, g in graphs.items()}
         cache = config.encoder.cache_tokens
-        self.train_set = _Examples(SyntheticDataset(config.data.root, config.data.train_split),
-                                   config.data.max_train_samples, with_images=not cache)
-        self.val_set = _Examples(SyntheticDataset(config.data.root, config.data.val_split),
-                                 config.data.max_val_samples, with_images=not cache)
+        data = config.data
+        self.train_set = _Examples(SyntheticDataset(data.root, data.train_split), data.max_train_samples,
+                                   config.train.seed, with_images=not cache)
+        self.val_set = _Examples(SyntheticDataset(data.root, data.val_split), data.max_val_samples,
+                                 config.train.seed, with_images=not cache)
         if len(self.train_set) == 0 or len(self.val_set) == 0:
             raise ValueError(f"{config.data.root}: the train and val splits must both hold samples "
                              f"(train {len(self.train_set)}, val {len(self.val_set)})")
@@ -281,8 +289,7 @@ class Pretrainer:
     def _encode_all(self, examples: _Examples, split: str) -> torch.Tensor:
         """Image tokens (N, T, C) in half precision for every example: computed once, kept in the run
         directory (so a resumed run does not encode again), recomputed when rows or encoder differ."""
-        source = examples.source
-        rows = source.table.select(["graph_id", "sample_index", "seed"]).slice(0, len(examples)).to_pydict()
+        rows = examples.source.table.select(["graph_id", "sample_index", "seed"]).take(examples.rows).to_pydict()
         fingerprint = hashlib.sha1(json.dumps([self.config.encoder.name, self.config.encoder.open_clip_model,
                                                self.config.encoder.pretrained, rows]).encode()).hexdigest()
         path = self.out_dir / "image_tokens" / f"{split}.safetensors"
@@ -295,7 +302,7 @@ class Pretrainer:
             starts = range(0, len(examples), self.config.encoder.batch_size)
             for lo in tqdm(starts, desc=f"encoding {split} images", unit="batch", disable=not self.ctx.is_main):
                 hi = min(lo + self.config.encoder.batch_size, len(examples))
-                images = torch.stack([source[i]["image"] for i in range(lo, hi)]).to(self.device)
+                images = torch.stack([examples.image(i) for i in range(lo, hi)]).to(self.device)
                 out.append(self.encoder(images).tokens.to(torch.float16).cpu())
         tokens = torch.cat(out)
         if self.ctx.is_main:
