@@ -161,13 +161,13 @@ def gradient_map(ctx, inputs, p):
     colors = torch.stack([p[f"color_{i}"] for i in range(GRADIENT_ANCHORS)], 1)
     pos, order = torch.sort(pos, 1)
     colors = colors.gather(1, order.unsqueeze(2).expand(-1, -1, 3))
-    x = torch.linspace(0, 1, LUT_SIZE, device=pos.device).view(1, 1, -1)
-    lut = colors[:, 0].unsqueeze(2).expand(-1, -1, LUT_SIZE)
+    x = inputs["in"]
+    out = bc(colors[:, 0]).expand(-1, 3, *x.shape[-2:]).contiguous()
     for k in range(GRADIENT_ANCHORS - 1):
-        width = (pos[:, k + 1] - pos[:, k]).clamp(min=1e-6).view(-1, 1, 1)
-        ramp = ((x - pos[:, k].view(-1, 1, 1)) / width).clamp(0, 1)
-        lut = lut + (colors[:, k + 1] - colors[:, k]).unsqueeze(2) * ramp
-    return {"out": lut_lookup(inputs["in"], lut).clamp(0, 1)}
+        inv_width = 1 / (pos[:, k + 1] - pos[:, k]).clamp(min=1e-6)
+        ramp = torch.addcmul(bc(-pos[:, k] * inv_width), x, bc(inv_width)).clamp_(0, 1)
+        out.addcmul_(bc(colors[:, k + 1] - colors[:, k]), ramp)
+    return {"out": out.clamp_(0, 1)}
 
 
 def _push(value: torch.Tensor, amount: torch.Tensor) -> torch.Tensor:
