@@ -128,7 +128,7 @@ def contact_sheet(graphs: dict[str, Graph], res: int = 128, columns: int = 8, se
 
 
 def _sheet(args) -> int:
-    graphs = library_graphs()
+    graphs = dict(sorted(library_graphs().items(), key=lambda item: (item[1].category, item[0])))
     if args.category:
         graphs = {k: g for k, g in graphs.items() if g.category == args.category}
     out = Path(args.output)
@@ -175,7 +175,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_guarded(_stats))
 
-    p = sub.add_parser("sheet", help="contact sheet of library renders")
+    p = sub.add_parser("sheet", help="contact sheet of library renders, grouped by category")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--res", type=int, default=128)
     p.add_argument("--columns", type=int, default=8)
