@@ -136,7 +136,7 @@ class _Builder:
         return self.add(spec, inputs)
 
 
-def _candidate(rng: random.Random, config: RandomGraphConfig, palette: _Palette, name: str) -> dict:
+def _candidate(rng: random.Random, config: RandomGraphConfig, palette: _Palette, seed: int) -> dict:
     b = _Builder(rng, config)
     pool = [b.generator(palette) for _ in range(rng.randint(*config.generators))]
     height = pool[0]
@@ -161,8 +161,8 @@ def _candidate(rng: random.Random, config: RandomGraphConfig, palette: _Palette,
     roughness = b.levels(rng.choice(pool), low, min(1.0, low + rng.uniform(0.1, 0.4)))
     b.nodes["output"] = {"type": "output", "params": {},
                          "inputs": {"basecolor": basecolor, "normal": normal, "roughness": roughness, "height": height}}
-    return {"name": name, "category": "random", "meta": {"description": "random structure", "generator_seed": None},
-            "nodes": b.nodes}
+    return {"name": f"random_{seed}", "category": "random",
+            "meta": {"description": "random structure", "generator_seed": seed}, "nodes": b.nodes}
 
 
 def random_graph(seed: int, config: RandomGraphConfig = RandomGraphConfig()) -> Graph:
@@ -171,9 +171,7 @@ def random_graph(seed: int, config: RandomGraphConfig = RandomGraphConfig()) -> 
     last_reason = None
     for attempt in range(config.max_attempts):
         rng = random.Random(f"matrl.random_graph/{seed}/{attempt}")
-        data = _candidate(rng, config, palette, f"random_{seed}")
-        data["meta"]["generator_seed"] = seed
-        graph = parse_graph(data)
+        graph = parse_graph(_candidate(rng, config, palette, seed))
         last_reason = graph_degeneracy(graph, res=config.check_res, seed=seed)[0]
         if last_reason is None:
             return graph
