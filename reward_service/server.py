@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from graph_executor.errors import GraphError
 from graph_executor.ir import loads_graph
+from graph_executor.library import library_names
 from reward_service.arrow_codec import PayloadError, SampleGroup, decode_request, encode_response
 from reward_service.pool import PoolUnavailable, RewardPool, UnknownTarget, WorkerCrashed
 from reward_service.proto import reward_pb2, reward_pb2_grpc
@@ -132,7 +133,6 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
     # ---- request checks ----------------------------------------------------------------------
     def _check_group(self, group: SampleGroup) -> None:
         if group.graph_id is not None:
-            from graph_executor.library import library_names
             if group.graph_id not in library_names():
                 raise RpcFailure(grpc.StatusCode.NOT_FOUND,
                                  f"graph_id: unknown library graph {group.graph_id!r}")
