@@ -171,3 +171,17 @@ def _png() -> bytes:
     buffer = io.BytesIO()
     Image.fromarray((TARGET * 255).astype(np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_an_empty_pool_reports_not_serving_and_unavailable(service, client):
+    import grpc
+
+    from reward_service.client import RetryPolicy, RewardServiceError
+
+    status = client.resize(0)
+    assert (status["workers"], status["ready"]) == (0, 0)
+    wait_for(lambda: client.health() == "NOT_SERVING", timeout_s=30, what="health NOT_SERVING")
+    with RewardClient(service.address, timeout_s=30, retry=RetryPolicy(attempts=1)) as once:
+        with pytest.raises(RewardServiceError) as err:
+            once.score(request(2))
+    assert err.value.code is grpc.StatusCode.UNAVAILABLE and "no workers" in err.value.message
