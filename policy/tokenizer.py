@@ -235,6 +235,9 @@ class GraphTokenizer:
                 if not spec.predicted:
                     continue
                 pid = self.vocab.param_id(node.type, spec.name, name)
+                if spec.components > self.vocab.max_components:
+                    raise GraphError(f"{spec.components} components exceed the vocabulary's "
+                                     f"{self.vocab.max_components}", name, spec.name)
                 count = valid_token_count(spec)
                 for c in range(spec.components):
                     self.slots.append(Slot(len(self.slots), name, i, spec.name, c, spec, pid, count))
