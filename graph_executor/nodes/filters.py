@@ -455,12 +455,13 @@ def slope_blur(ctx, inputs, p):
             img = _COMBINE[mode](img, wrap_lookup(img, x + sx * 2 ** r, y + sy * 2 ** r))
         return img
 
-    out = torch.empty_like(inputs["in"])
+    out = None
     for mode, rows in groups(p["mode"]):
         if rows is None:
-            out = smear(mode, inputs["in"], gx, gy)
-        else:
-            out[rows] = smear(mode, inputs["in"][rows], gx[rows], gy[rows])
+            return {"out": smear(mode, inputs["in"], gx, gy).clamp(0, 1)}
+        if out is None:
+            out = torch.empty_like(inputs["in"])
+        out[rows] = smear(mode, inputs["in"][rows], gx[rows], gy[rows])
     return {"out": out.clamp(0, 1)}
 
 
