@@ -179,19 +179,21 @@ def _values(spec):
 def test_masks_admit_exactly_the_decodable_tokens():
     graph = every_type_graph()
     tok = GraphTokenizer(graph)
-    plan = Plan(graph)
+    tokens = np.array(tok.tokenize())
     for slot in tok.slots:
         admitted = tok.masks[slot.index].nonzero().flatten().tolist()
         assert admitted == list(range(slot.valid_tokens))
-        tokens = np.array(tok.tokenize())
-        batch = np.repeat(tokens[None], len(admitted), 0)
-        batch[:, slot.index] = admitted
-        plan.stack(tok.detokenize_batch(batch))  # every admitted token is a value the schema accepts
+        for token in admitted:  # every admitted token is a value the schema accepts
+            value = dequantise(slot.spec, token)
+            multi = slot.spec.kind in (ParamKind.COLOR, ParamKind.VECTOR)
+            slot.spec.check([value] * slot.spec.components if multi else value, slot.node)
         if slot.valid_tokens < VALUE_BINS:
             bad = tokens.copy()
             bad[slot.index] = slot.valid_tokens
             with pytest.raises(GraphError, match=f"node '{slot.node}', parameter '{slot.param}'"):
                 tok.detokenize(bad)
+    extremes = np.stack([np.zeros(len(tok.slots), dtype=np.int64), tok.masks.sum(1).numpy() - 1])
+    Plan(graph).stack(tok.detokenize_batch(extremes))  # the executor accepts the decoded sets
 
 
 def test_detokenize_batch_matches_single_rows():
