@@ -28,7 +28,7 @@ from graph_executor.render import render_flash
 from graph_executor.sampling import sample_parameters
 from learner.dataset import (DatasetError, DatasetManifest, GraphEntry, SampleRecord, SplitFractions,
                              assign_splits, check_graph_id, encode_png, image_to_uint8, load_manifest,
-                             remove_partial_files, save_graph, save_manifest, shard_path, unit_seed,
+                             graph_path, remove_partial_files, save_graph, save_manifest, shard_path, unit_seed,
                              write_shard)
 from policy.tokenizer import GraphTokenizer
 
@@ -186,6 +186,10 @@ def prepare(config: GenDataConfig, graphs: dict[str, tuple[Graph, str]]) -> Data
         if existing.model_dump() != manifest.model_dump():
             raise DatasetError(f"{out} holds a dataset made with other settings or graphs; "
                                "resume with the same arguments or choose a new --out")
+        for gid, (graph, _) in graphs.items():
+            if load_graph(graph_path(out, gid)).to_dict() != graph.to_dict():
+                raise DatasetError(f"graph {gid!r} changed since {out} was started; "
+                                   "finish it with the graphs it was started with or choose a new --out")
     else:
         out.mkdir(parents=True, exist_ok=True)
         for gid, (graph, _) in graphs.items():

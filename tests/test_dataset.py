@@ -137,6 +137,9 @@ def test_interrupted_run_resumes_and_reproduces_missing_shards(tmp_path, ray_clu
     changed = config.model_copy(update={"res": 128})
     with pytest.raises(DatasetError, match="other settings"):
         generate(changed, graphs, progress=False)
+    retuned = dict(graphs, a0=(graphs["a0"][0].with_params({"noise": {"scale": 7}}), "file"))
+    with pytest.raises(DatasetError, match="graph 'a0' changed"):
+        generate(config, retuned, progress=False)
 
 
 def test_degenerate_samples_are_rejected_and_counted(tmp_path):
