@@ -56,9 +56,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--device", choices=["cpu", "cuda", "both"], default="both")
-    parser.add_argument("--cuda-batches", default="32,128,512")
+    parser.add_argument("--cuda-batches", default="256,1024,4096")
+    parser.add_argument("--breakdown-batch", type=int, default=None, help="default: 8 on CPU, 1024 on CUDA")
+    parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on CUDA (lattice noises)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
     graph = median_graph()
     plan = Plan(graph)
     predicted = sum(p.predicted for n in graph.nodes.values() for p in n.spec.params)
@@ -86,8 +89,9 @@ def main() -> None:
     for device, res, batch, rate in rows:
         print(f"{device:28s} {res:5d} {batch:6d} {rate:10.1f}")
     breakdown_device = "cuda" if args.device == "cuda" else "cpu"
-    print(f"\nper-node time, {breakdown_device}, 256², batch 8 (ms per sample)")
-    for name, type_, seconds in node_breakdown(plan, 256, 8, breakdown_device)[: 12 if args.quick else None]:
+    breakdown_batch = args.breakdown_batch or (1024 if breakdown_device == "cuda" else 8)
+    print(f"\nper-node time, {breakdown_device}, 256², batch {breakdown_batch} (ms per sample)")
+    for name, type_, seconds in node_breakdown(plan, 256, breakdown_batch, breakdown_device)[: 12 if args.quick else None]:
         print(f"  {name:24s} {type_:22s} {seconds * 1e3:8.3f}")
     if args.json:
         print(json.dumps(summary))

@@ -136,7 +136,7 @@ class Plan:
         """
         if res not in SUPPORTED_RES:
             raise GraphError(f"unsupported resolution {res}; supported: {list(SUPPORTED_RES)}")
-        first = next(iter(next(iter(params.values())).values()), None) if params else None
+        first = next((t for node_params in params.values() for t in node_params.values()), None)
         batch = int(first.shape[0]) if first is not None else 1
         device = torch.device(device) if device is not None else (first.device if first is not None
                                                                    else torch.device("cpu"))

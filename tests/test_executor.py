@@ -119,3 +119,13 @@ def test_a_failing_node_function_is_reported_as_graph_error_naming_the_node(monk
         plan.run(plan.stack(), res=64)
     from graph_executor.errors import GraphError
     assert isinstance(info.value, GraphError) and info.value.node == "lv" and "boom" in str(info.value)
+
+
+def test_batch_size_comes_from_any_parameter_even_when_the_first_node_has_none():
+    graph = parse_graph({"nodes": {"inv": {"type": "invert", "inputs": {"in": "n"}},
+                                   "n": {"type": "perlin_fbm"},
+                                   "output": {"type": "output", "inputs": {"height": "inv"}}}})
+    plan = Plan(graph)
+    assert plan.steps[0].spec.params == () or plan.steps[0].name == "n"
+    maps = plan.run(plan.stack(batch=3), res=64, seed=[1, 2, 3])
+    assert maps.height.shape[0] == 3

@@ -185,27 +185,6 @@ def fbm(ctx: NodeContext, basis, scale: torch.Tensor, octaves: torch.Tensor, per
     return total / norm.clamp(min=1e-6)
 
 
-def wrap_sample(img: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Bilinear lookup of img (B,C,H,W) at coordinates x,y in image units (any real; wraps around)."""
-    B, C, H, W = img.shape
-    px = x * W - 0.5
-    py = y * H - 0.5
-    x0, y0 = torch.floor(px), torch.floor(py)
-    fx, fy = px - x0, py - y0
-    x0 = x0.long() % W
-    y0 = y0.long() % H
-    x1, y1 = (x0 + 1) % W, (y0 + 1) % H
-    flat = img.reshape(B, C, H * W)
-
-    def at(yy, xx):
-        idx = (yy * W + xx).reshape(B, 1, -1).expand(B, C, -1)
-        return flat.gather(2, idx).view(B, C, *x.shape[-2:])
-
-    top = torch.lerp(at(y0, x0), at(y0, x1), fx)
-    bottom = torch.lerp(at(y1, x0), at(y1, x1), fx)
-    return torch.lerp(top, bottom, fy)
-
-
 def frequencies(res: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Frequency grids (cycles per image) matching torch.fft.rfft2 of an (H,W)=(res,res) image."""
     fy = torch.fft.fftfreq(res, d=1.0 / res, device=device).view(1, 1, -1, 1)
