@@ -106,10 +106,10 @@ class RawScorer:
         self.worker.score(request)
         return os.getpid()
 
-    def run_until(self, requests, end_unix: float) -> dict:
+    def run_until(self, requests, end_unix: float, first: int = 0) -> dict:
         samples = failures = 0
         busy = 0.0
-        i = 0
+        i = first
         while time.time() < end_unix:
             started = time.perf_counter()
             results = self.worker.score(requests[i % len(requests)])
@@ -117,7 +117,7 @@ class RawScorer:
             samples += sum(r.ok for r in results)
             failures += sum(not r.ok for r in results)
             i += 1
-        return {"samples": samples, "failures": failures, "busy_s": busy, "requests": i}
+        return {"samples": samples, "failures": failures, "busy_s": busy, "requests": i - first}
 
 
 def start_raw_scorers(reward_config, requests, count: int) -> list:
@@ -135,7 +135,7 @@ def measure_raw(actors, requests, duration: float) -> dict:
     import ray
 
     end = time.time() + duration
-    runs = ray.get([a.run_until.remote(requests, end) for a in actors])
+    runs = ray.get([a.run_until.remote(requests, end, first) for first, a in enumerate(actors)])
     return {"samples_per_s": sum(r["samples"] / r["busy_s"] for r in runs if r["busy_s"] > 0),
             "errors": sum(r["failures"] for r in runs), "requests": sum(r["requests"] for r in runs)}
 
@@ -144,7 +144,7 @@ def measure_raw(actors, requests, duration: float) -> dict:
 
 @dataclass
 class ClientLog:
-    calls: list[tuple[float, float, int]] = field(default_factory=list)  # send, answer, ok samples
+    calls: list[tuple[float, float, int, float]] = field(default_factory=list)  # send, answer, ok, worker s
     errors: int = 0
 
 
@@ -170,7 +170,7 @@ def run_clients(address: str, requests, clients: int, duration: float) -> tuple[
     from reward_service.client import RewardClient, RewardServiceError
 
     logs = [ClientLog() for _ in range(clients)]
-    answered_once = threading.Barrier(clients + 1)
+    first_answers = threading.Semaphore(0)
     stop = threading.Event()
 
     def client_loop(index: int) -> None:
@@ -180,18 +180,20 @@ def run_clients(address: str, requests, clients: int, duration: float) -> tuple[
                 sent = time.monotonic()
                 try:
                     results = client.score(requests[i % len(requests)])
-                    logs[index].calls.append((sent, time.monotonic(), sum(r.ok for r in results)))
+                    worker_s = results[0].timings.get("request_total", 0.0) if results else 0.0
+                    logs[index].calls.append((sent, time.monotonic(), sum(r.ok for r in results), worker_s))
                     logs[index].errors += sum(not r.ok for r in results)
                 except RewardServiceError:
                     logs[index].errors += 1
                 if i == index:
-                    answered_once.wait()
+                    first_answers.release()
                 i += 1
 
     threads = [threading.Thread(target=client_loop, args=(c,)) for c in range(clients)]
     for t in threads:
         t.start()
-    answered_once.wait()
+    for _ in range(clients):
+        first_answers.acquire()
     start = time.monotonic()
     time.sleep(duration)
     end = time.monotonic()
@@ -201,16 +203,19 @@ def run_clients(address: str, requests, clients: int, duration: float) -> tuple[
     return logs, start, end
 
 
-def summarise(logs: list[ClientLog], start: float, end: float) -> dict:
-    """Samples/s inside [start, end] (each call's samples spread over its interval) and latencies."""
-    done = 0.0
+def summarise(logs: list[ClientLog], start: float, end: float, workers: int) -> dict:
+    """Samples/s inside [start, end] (each call's samples spread over its interval), latencies, and
+    how busy the workers were (their own compute seconds per worker-second of the window: it does
+    not depend on how much CPU other processes took, unlike the comparison with the raw phase)."""
+    done = busy = 0.0
     latencies = []
     for log_ in logs:
-        for sent, answered, ok in log_.calls:
-            overlap = max(0.0, min(answered, end) - max(sent, start))
-            done += ok * overlap / max(answered - sent, 1e-9)
+        for sent, answered, ok, worker_s in log_.calls:
+            share = max(0.0, min(answered, end) - max(sent, start)) / max(answered - sent, 1e-9)
+            done += ok * share
+            busy += worker_s * share
             latencies.append((answered - sent) * 1000.0)
-    return {"samples_per_s": done / (end - start),
+    return {"samples_per_s": done / (end - start), "worker_busy": busy / (workers * (end - start)),
             "p50_ms": float(np.percentile(latencies, 50)) if latencies else float("nan"),
             "p99_ms": float(np.percentile(latencies, 99)) if latencies else float("nan"),
             "errors": sum(log_.errors for log_ in logs), "requests": len(latencies)}
@@ -248,10 +253,10 @@ def measure(args, address: str, reward_config, requests) -> tuple[dict[int, dict
                 prime(server_address, requests, k)
                 clients = args.clients_per_worker * k
                 logs, start, end = run_clients(server_address, requests, clients, args.duration)
-                service[k] = {"clients": clients, **summarise(logs, start, end)}
+                service[k] = {"clients": clients, **summarise(logs, start, end, k)}
                 log(f"service  K={k}, C={clients}: {service[k]['samples_per_s']:.2f} samples/s, "
                     f"p50 {service[k]['p50_ms']:.0f} ms, p99 {service[k]['p99_ms']:.0f} ms, "
-                    f"errors {service[k]['errors']}")
+                    f"worker busy {service[k]['worker_busy']:.3f}, errors {service[k]['errors']}")
     finally:
         server.terminate()
         try:
@@ -273,7 +278,8 @@ def report(args, graph, target_name, raw, service) -> dict:
         ratio = service[k]["samples_per_s"] / raw[k]["samples_per_s"] if raw[k]["samples_per_s"] else float("nan")
         rows.append({"workers": k, "clients": service[k]["clients"],
                      "raw_samples_per_s": raw[k]["samples_per_s"], "samples_per_s": service[k]["samples_per_s"],
-                     "service_over_raw": ratio, "p50_ms": service[k]["p50_ms"], "p99_ms": service[k]["p99_ms"],
+                     "service_over_raw": ratio, "worker_busy": service[k]["worker_busy"],
+                     "p50_ms": service[k]["p50_ms"], "p99_ms": service[k]["p99_ms"],
                      "errors": service[k]["errors"] + raw[k]["errors"], "requests": service[k]["requests"]})
     lo, hi = rows[0], rows[-1]
 
@@ -284,14 +290,17 @@ def report(args, graph, target_name, raw, service) -> dict:
 
     print(f"reward service load: graph {graph.name} ({len(graph.nodes)} nodes) at {args.res}², target {target_name},"
           f" {args.samples} samples/request, {args.duration:g} s per point, {os.cpu_count()} CPUs")
-    header = ("workers", "clients", "raw samples/s", "service samples/s", "service/raw", "p50 ms", "p99 ms", "errors")
+    header = ("workers", "clients", "raw samples/s", "service samples/s", "service/raw", "worker busy",
+              "p50 ms", "p99 ms", "errors")
     print("  ".join(f"{h:>17}" for h in header))
     for r in rows:
         print("  ".join(f"{v:>17}" for v in (
             r["workers"], r["clients"], f"{r['raw_samples_per_s']:.2f}", f"{r['samples_per_s']:.2f}",
-            f"{r['service_over_raw']:.3f}", f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}", r["errors"])))
+            f"{r['service_over_raw']:.3f}", f"{r['worker_busy']:.3f}", f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}",
+            r["errors"])))
     summary = {"samples_per_s": hi["samples_per_s"], "raw_executor_samples_per_s": hi["raw_samples_per_s"],
-               "service_over_raw": hi["service_over_raw"], "p50_ms": hi["p50_ms"], "p99_ms": hi["p99_ms"],
+               "service_over_raw": hi["service_over_raw"], "worker_busy": hi["worker_busy"],
+               "p50_ms": hi["p50_ms"], "p99_ms": hi["p99_ms"],
                "errors": sum(r["errors"] for r in rows), "scaling_efficiency": efficiency("samples_per_s"),
                "raw_scaling_efficiency": efficiency("raw_samples_per_s"), "workers": args.workers,
                "graph": graph.name, "res": args.res, "samples_per_request": args.samples,
