@@ -289,17 +289,32 @@ class StreamingSyntheticDataset(torch.utils.data.IterableDataset):
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
+        self._row_counts: dict[Path, int] = {}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _my_files(self) -> list[Path]:
+    def _shuffled(self) -> list[Path]:
         files = list(self.files)
         random.Random(self.seed + self.epoch).shuffle(files)
+        return files
+
+    def rows_per_rank(self, loader_workers: int = 0) -> list[int]:
+        """Rows each rank streams this epoch when read by `loader_workers` DataLoader processes
+        (from the Parquet footers); DDP ranks must stop after the same number of batches."""
+        workers = max(1, loader_workers)
+        counts = [0] * self.world_size
+        for i, path in enumerate(self._shuffled()):
+            if path not in self._row_counts:
+                self._row_counts[path] = pq.read_metadata(path).num_rows
+            counts[(i % (self.world_size * workers)) // workers] += self._row_counts[path]
+        return counts
+
+    def _my_files(self) -> list[Path]:
         info = torch.utils.data.get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         stride = self.world_size * workers
-        return files[self.rank * workers + worker::stride]
+        return self._shuffled()[self.rank * workers + worker::stride]
 
     def __iter__(self) -> Iterator[dict]:
         rng = random.Random(f"{self.seed}:{self.epoch}:{self.rank}")

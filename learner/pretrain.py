@@ -13,6 +13,7 @@ encoded once and its tokens are kept (half precision) for all epochs.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -36,7 +37,7 @@ from tqdm import tqdm
 
 from learner.checkpoint import (epoch_dir, latest_checkpoint, load_policy, load_trainer_state, rng_state,
                                 save_checkpoint, set_rng_state)
-from learner.dataset import SyntheticDataset, load_graphs
+from learner.dataset import StreamingSyntheticDataset, SyntheticDataset, load_graphs
 from policy.batching import PolicyBatch, collate
 from policy.encoders import EfficientNetLite0Encoder, ImageEncoder, OpenClipEncoder
 from policy.model import MaterialPolicy, PolicyConfig
@@ -53,6 +54,8 @@ class DataConfig(_Strict):
     val_split: str = "val"
     max_train_samples: int | None = Field(None, gt=0)
     max_val_samples: int | None = Field(None, gt=0)
+    streaming: bool = Field(False, description="stream training shards instead of holding the split in memory")
+    shuffle_buffer: int = Field(2048, gt=0, description="rows mixed across shards when streaming")
 
 
 class EncoderConfig(_Strict):
@@ -198,7 +201,7 @@ class _Examples(torch.utils.data.Dataset):
 
 @dataclass
 class Batch:
-    indices: torch.Tensor
+    indices: torch.Tensor | None  # rows of the split (for cached image tokens); None when streaming
     policy: PolicyBatch
     images: torch.Tensor | None
 
@@ -245,21 +248,31 @@ class Pretrainer:
         self.structures = {gid: GraphTokenizer(g, vocab).structure() for gid, g in graphs.items()}
         cache = config.encoder.cache_tokens
         data = config.data
-        self.train_set = _Examples(SyntheticDataset(data.root, data.train_split), data.max_train_samples,
-                                   config.train.seed, with_images=not cache)
+        if data.streaming and (cache or data.max_train_samples):
+            raise ValueError("data.streaming reads every training shard and encodes images per batch: "
+                             "it needs encoder.cache_tokens: false and no data.max_train_samples")
+        if data.streaming:
+            self.train_set = StreamingSyntheticDataset(data.root, data.train_split, data.shuffle_buffer,
+                                                       config.train.seed, self.ctx.rank, self.ctx.world_size)
+        else:
+            self.train_set = _Examples(SyntheticDataset(data.root, data.train_split), data.max_train_samples,
+                                       config.train.seed, with_images=not cache)
         self.val_set = _Examples(SyntheticDataset(data.root, data.val_split), data.max_val_samples,
                                  config.train.seed, with_images=not cache)
-        if len(self.train_set) == 0 or len(self.val_set) == 0:
-            raise ValueError(f"{config.data.root}: the train and val splits must both hold samples "
-                             f"(train {len(self.train_set)}, val {len(self.val_set)})")
+        train_rows = sum(self.train_set.rows_per_rank()) if data.streaming else len(self.train_set)
+        if train_rows == 0 or len(self.val_set) == 0:
+            raise ValueError(f"{data.root}: the train and val splits must both hold samples "
+                             f"(train {train_rows}, val {len(self.val_set)})")
         self.token_cache = ({"train": self._encode_all(self.train_set, "train"),
                              "val": self._encode_all(self.val_set, "val")}
                             if cache else None)
 
-        self.sampler = DistributedSampler(self.train_set, num_replicas=self.ctx.world_size, rank=self.ctx.rank,
-                                          shuffle=True, seed=config.train.seed)
+        self.sampler = None if data.streaming else DistributedSampler(
+            self.train_set, num_replicas=self.ctx.world_size, rank=self.ctx.rank, shuffle=True,
+            seed=config.train.seed)
         self.train_loader = DataLoader(self.train_set, batch_size=config.train.batch_size, sampler=self.sampler,
                                        collate_fn=self._collate, num_workers=config.train.num_workers)
+        self.epoch_steps = {epoch: self._steps_in_epoch(epoch) for epoch in range(1, config.train.epochs + 1)}
         val_indices = list(range(self.ctx.rank, len(self.val_set), self.ctx.world_size))
         self.val_loader = DataLoader(torch.utils.data.Subset(self.val_set, val_indices),
                                      batch_size=config.train.eval_batch_size, collate_fn=self._collate,
@@ -268,7 +281,7 @@ class Pretrainer:
         opt = config.optim
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=opt.lr, betas=opt.betas,
                                            weight_decay=opt.weight_decay)
-        self.total_steps = config.train.epochs * len(self.train_loader)
+        self.total_steps = sum(self.epoch_steps.values())
         warmup = opt.warmup_steps if opt.warmup_steps is not None else round(opt.warmup_fraction * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(self.total_steps, max(1, warmup), opt.min_lr_ratio))
@@ -281,10 +294,24 @@ class Pretrainer:
         self.writer = None
 
     # ---- data ---------------------------------------------------------------------------------
+    def _steps_in_epoch(self, epoch: int) -> int:
+        """Optimizer steps of an epoch; when streaming, the fewest batches any rank has, so that
+        DDP ranks stop together."""
+        if not isinstance(self.train_set, StreamingSyntheticDataset):
+            return len(self.train_loader)
+        self.train_set.set_epoch(epoch)
+        rows = self.train_set.rows_per_rank(self.config.train.num_workers)
+        if min(rows) == 0:
+            raise ValueError(f"{self.config.data.root}: some rank streams no training shard in epoch {epoch} "
+                             f"(rows per rank {rows}); use smaller shards or fewer ranks/loader workers")
+        return min(-(-r // self.config.train.batch_size) for r in rows)
+
     def _collate(self, items: list[dict]) -> Batch:
-        policy_batch = collate([self.structures[it["graph_id"]] for it in items], [it["tokens"] for it in items])
+        tokens = [it["tokens"].tolist() if torch.is_tensor(it["tokens"]) else it["tokens"] for it in items]
+        policy_batch = collate([self.structures[it["graph_id"]] for it in items], tokens)
         images = torch.stack([it["image"] for it in items]) if "image" in items[0] else None
-        return Batch(torch.tensor([it["index"] for it in items]), policy_batch, images)
+        indices = torch.tensor([it["index"] for it in items]) if "index" in items[0] else None
+        return Batch(indices, policy_batch, images)
 
     def _encode_all(self, examples: _Examples, split: str) -> torch.Tensor:
         """Image tokens (N, T, C) in half precision for every example: computed once, kept in the run
@@ -384,8 +411,8 @@ class Pretrainer:
 
     def _epoch(self, epoch: int) -> EpochMetrics:
         start = time.perf_counter()
-        self.sampler.set_epoch(epoch)
-        losses = [self.train_step(batch) for batch in self.train_loader]
+        (self.sampler or self.train_set).set_epoch(epoch)
+        losses = [self.train_step(batch) for batch in itertools.islice(self.train_loader, self.epoch_steps[epoch])]
         loss_sum, batches = self._sum_over_ranks(torch.tensor([sum(losses), len(losses)], dtype=torch.float64))
         val_loss, val_acc = self.evaluate()
         metrics = EpochMetrics(epoch, self.step, float(loss_sum / batches), val_loss, val_acc,

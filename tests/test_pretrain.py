@@ -188,3 +188,25 @@ def test_quality_report_matches_the_trainer_and_scores_every_condition(dataset, 
         assert stat.n == 32 and -1 <= stat.mean <= 1, condition
     assert report.failures == {}
     assert "| truth |" in format_report(report)
+
+
+def test_streaming_ranks_stop_after_the_same_number_of_steps(dataset, tmp_path):
+    from learner.dataset import StreamingSyntheticDataset
+
+    for epoch in (1, 2):
+        streams = [StreamingSyntheticDataset(dataset, "train", shuffle_buffer=8, rank=r, world_size=2)
+                   for r in range(2)]
+        for stream in streams:
+            stream.set_epoch(epoch)
+        rows = streams[0].rows_per_rank()
+        assert rows == streams[1].rows_per_rank() and sum(rows) == 96
+        assert [sum(1 for _ in stream) for stream in streams] == rows
+
+    config = tiny_config(dataset, tmp_path / "stream", **{"data.streaming": True, "encoder.cache_tokens": False,
+                                                          "train.epochs": 1, "data.max_val_samples": 8})
+    trainer = Pretrainer(config)
+    assert trainer.epoch_steps == {1: 6}  # 96 rows, batch 16
+    history = trainer.fit()
+    assert history[0].step == 6 and history[0].train_loss < 5
+    with pytest.raises(ValueError, match="cache_tokens"):
+        Pretrainer(tiny_config(dataset, tmp_path / "x", **{"data.streaming": True}))
