@@ -113,11 +113,6 @@ class WorkerSlot:
     dispatched: int = 0
 
 
-def _cause(err: BaseException) -> BaseException:
-    """The application exception inside a RayTaskError (Ray raises a subclass of both)."""
-    return getattr(err, "cause", None) or err
-
-
 class RewardPool:
     """K reward-worker actors behind one `score` coroutine. Start with `await pool.start()`."""
 
