@@ -75,7 +75,9 @@ class QualityReport:
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "test",
                         max_per_graph: int | None = None, reward_config: RewardConfig | None = None,
-                        batch_size: int = 32, seed: int = 0) -> QualityReport:
+                        batch_size: int = 32, seed: int = 0, scorer=None) -> QualityReport:
+    """`scorer` is anything with `score(ScoreRequest) -> list[ScoreResult]`: an in-process
+    RewardWorker (the default) or a `RewardClient` of the reward service."""
     start = time.perf_counter()
     policy, info = load_policy(checkpoint)
     policy.eval()
@@ -96,7 +98,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
     for i in indices:
         by_graph[dataset.graph_ids[i]].append(i)
 
-    worker = RewardWorker(reward_config or RewardConfig(res=manifest.res))
+    worker = scorer or RewardWorker(reward_config or RewardConfig(res=manifest.res))
     sampler = Sampler(policy, SamplingConfig(greedy=True, cuda_graphs=False))
     rng = np.random.default_rng(seed)
     loss_sum = correct = greedy_correct = count = 0.0
