@@ -78,12 +78,19 @@ def _is_bytes(t: pa.DataType) -> bool:
 
 
 def _values(column: pa.ChunkedArray, name: str, accepts, expected: str) -> list:
-    """Python values of a (possibly dictionary-encoded) column, after a type check."""
+    """Python values of a (possibly dictionary-encoded) column, after a type check. Rows that
+    share a dictionary entry share one Python object (a target image is not copied per row)."""
     t = column.type
     value_type = t.value_type if pa.types.is_dictionary(t) else t
     if not accepts(value_type):
         raise PayloadError(f"column '{name}' has type {t}, expected {expected}")
-    return column.to_pylist()
+    if not pa.types.is_dictionary(t):
+        return column.to_pylist()
+    out: list = []
+    for chunk in column.chunks:
+        entries = chunk.dictionary.to_pylist()
+        out.extend(None if i is None else entries[i] for i in chunk.indices.to_pylist())
+    return out
 
 
 # ---- requests ------------------------------------------------------------------------------------
