@@ -107,6 +107,8 @@ class TrainConfig(_Strict):
     device: str = "auto"
     log_every: int = Field(20, gt=0)
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    torch_threads: int | None = Field(None, gt=0, description="intra-op threads per process "
+                                      "(None: torch's default); 1 avoids thrashing on a shared CPU")
 
 
 class DistributedConfig(_Strict):
@@ -229,6 +231,8 @@ class Pretrainer:
         self.ctx = context or WorkerContext(device=resolve_device(config.train.device))
         self.device = self.ctx.device
         self.out_dir = Path(config.out_dir)
+        if config.train.torch_threads is not None:
+            torch.set_num_threads(config.train.torch_threads)
         torch.manual_seed(config.train.seed)
 
         checkpoint = resume_from or latest_checkpoint(self.out_dir / "checkpoints")
