@@ -326,9 +326,9 @@ class RewardServer:
 class BackgroundServer:
     """Pool and server on their own event loop in a daemon thread: for in-process use (a local
     job or demo driver, tests). `start()` returns the bound port; `run(coro)` runs a coroutine
-    on the server's loop (e.g. `run(server.pool.resize(4))`)."""
+    on the server's loop (e.g. `run(server.pool.resize(4))`). By default it binds a free port."""
 
-    def __init__(self, pool: RewardPool, config: ServerConfig = ServerConfig()):
+    def __init__(self, pool: RewardPool, config: ServerConfig = ServerConfig(port=0)):
         self.pool = pool
         self.config = config
         self.server: RewardServer | None = None
