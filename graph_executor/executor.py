@@ -112,13 +112,7 @@ class Plan:
         if param_sets is None:
             param_sets = [{}] * (batch or 1)
         for overrides in param_sets:
-            for node_name, params in overrides.items():
-                if node_name not in self.graph.nodes:
-                    raise GraphError("no such node in the graph", node_name)
-                spec = self.graph.nodes[node_name].spec
-                for pname in params:
-                    if pname not in {p.name for p in spec.params}:
-                        raise GraphError(f"unknown parameter for node type '{spec.type}'", node_name, pname)
+            self.graph.check_overrides(overrides)
         out: ParamTensors = {}
         for n in self.graph.nodes.values():
             out[n.name] = {}

@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from graph_executor.errors import GraphError
 from graph_executor.schema import NodeSpec, node_type
@@ -86,6 +86,17 @@ class Graph:
         skeleton = [(n.name, n.type, sorted((p, str(r)) for p, r in n.inputs.items()))
                     for n in self.nodes.values()]
         return hashlib.sha1(json.dumps(skeleton).encode()).hexdigest()[:16]
+
+    def check_overrides(self, overrides: Mapping[str, Mapping[str, Any]]) -> None:
+        """Raise GraphError for a parameter override naming a missing node or an unknown parameter."""
+        for node_name, params in overrides.items():
+            if node_name not in self.nodes:
+                raise GraphError("no such node in the graph", node_name)
+            spec = self.nodes[node_name].spec
+            known = {p.name for p in spec.params}
+            for pname in params:
+                if pname not in known:
+                    raise GraphError(f"unknown parameter for node type '{spec.type}'", node_name, pname)
 
     def with_params(self, values: dict[str, dict[str, Any]]) -> "Graph":
         """A copy with some parameters replaced, validated like a parsed graph."""

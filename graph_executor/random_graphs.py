@@ -81,20 +81,11 @@ def _param_value(spec: ParamSpec, rng: random.Random, randomness: float) -> Any:
         return rng.randint(int(spec.low), int(spec.high))
     if not spec.predicted or rng.random() >= randomness:
         return spec.default
-    kind = spec.kind
-    if kind is ParamKind.BOOL:
-        return rng.random() < 0.5
-    if kind is ParamKind.ENUM:
-        return rng.choice(spec.choices)
-    if kind is ParamKind.INT:
-        return rng.randint(int(spec.low), int(spec.high))
-    if kind is ParamKind.FLOAT:
-        return rng.uniform(spec.low, spec.high)
-    if kind is ParamKind.COLOR:
+    if spec.kind is ParamKind.COLOR:
         # Material-like colours: any hue, muted saturation.
         rgb = colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.6), rng.uniform(0.1, 0.9))
         return [min(spec.high, max(spec.low, c)) for c in rgb]
-    return [rng.uniform(spec.low, spec.high) for _ in range(spec.components)]
+    return spec.random_value(rng)
 
 
 class _Builder:

@@ -275,13 +275,7 @@ class GraphTokenizer:
         and are not encoded.
         """
         param_set = param_set or {}
-        for node_name, params in param_set.items():
-            if node_name not in self.graph.nodes:
-                raise GraphError("no such node in the graph", node_name)
-            spec = self.graph.nodes[node_name].spec
-            for pname in params:
-                if pname not in {p.name for p in spec.params}:
-                    raise GraphError(f"unknown parameter for node type '{spec.type}'", node_name, pname)
+        self.graph.check_overrides(param_set)
         tokens: list[int] = []
         checked: dict[tuple[str, str], Any] = {}
         for slot in self.slots:
