@@ -156,8 +156,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
 
 
 def format_report(report: QualityReport) -> str:
+    seen = "seen in training" if report.split == "train" else "never seen in training"
     lines = [f"{report.split} split: {report.samples} samples of {report.graphs} graphs "
-             f"({report.structures} structures never seen in training)",
+             f"({report.structures} structures {seen})",
              f"teacher-forced loss per token {report.teacher_forced_loss:.3f}, token accuracy "
              f"{report.teacher_forced_token_accuracy:.3f}; greedy exact-token rate {report.greedy_token_accuracy:.3f}",
              "", "| parameters | mean reward | ± s.e. | n |", "| --- | --- | --- | --- |"]
