@@ -210,3 +210,39 @@ def test_streaming_ranks_stop_after_the_same_number_of_steps(dataset, tmp_path):
     assert history[0].step == 6 and history[0].train_loss < 5
     with pytest.raises(ValueError, match="cache_tokens"):
         Pretrainer(tiny_config(dataset, tmp_path / "x", **{"data.streaming": True}))
+
+
+@pytest.mark.gpu
+def test_pretraining_on_cuda_learns_and_checkpoints_load_on_cpu(dataset, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    config = tiny_config(dataset, tmp_path / "cuda", **{"train.device": "cuda", "train.epochs": 6,
+                                                        "encoder.cache_tokens": False})
+    trainer = Pretrainer(config)
+    initial_loss, _ = trainer.evaluate()
+    history = trainer.fit()
+    assert history[-1].val_loss <= (1 - REQUIRED_RELATIVE_DROP) * initial_loss
+    policy, info = load_policy(tmp_path / "cuda" / "checkpoints" / "epoch_0006", device="cpu")
+    assert info.epoch == 6 and next(policy.parameters()).device.type == "cpu"
+
+
+@pytest.mark.gpu
+def test_ray_train_ddp_over_every_gpu_with_nccl(dataset, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    import ray
+
+    from learner.pretrain_ray import pretrain_on_ray
+
+    gpus = torch.cuda.device_count()
+    config = tiny_config(dataset, tmp_path / "nccl", **{
+        "train.epochs": 2, "train.batch_size": 8, "train.device": "cuda", "encoder.cache_tokens": False,
+        "distributed.num_workers": gpus, "distributed.use_gpu": True, "distributed.backend": "nccl"})
+    ray.init(num_cpus=2 * gpus, num_gpus=gpus, include_dashboard=False, log_to_driver=False)
+    try:
+        history = pretrain_on_ray(config)
+    finally:
+        ray.shutdown()
+    assert [m.epoch for m in history] == [1, 2]
+    assert history[-1].step == 2 * -(-(-(-96 // gpus)) // 8)  # DistributedSampler pads ranks to ceil(96/gpus)
+    assert load_policy(tmp_path / "nccl" / "checkpoints" / "epoch_0002")[1].epoch == 2
