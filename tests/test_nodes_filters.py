@@ -539,3 +539,11 @@ def test_chunked_node_equals_single_runs_at_full_resolution():
     for i, sample in enumerate(samples):
         single = run("hsl", {"in": inputs["in"][i:i + 1]}, stack_params("hsl", [sample]), res=256)["out"]
         assert torch.allclose(batched[i:i + 1], single, atol=1e-6)
+
+
+def test_curve_stays_finite_for_non_monotone_control_values():
+    """Regression: secants of opposite sign summing to -1 made the harmonic-mean slope 0/0."""
+    from tests.node_harness import run_node
+
+    out = run_node("curve", [dict(at_0=0.746, at_25=0.293, at_50=0.496, at_75=0.605, at_100=0.902)], [1])
+    assert torch.isfinite(out["out"]).all() and out["out"].min() >= 0 and out["out"].max() <= 1

@@ -138,7 +138,7 @@ def monotone_cubic(knots: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     secant = (knots[:, 1:] - knots[:, :-1]) / h
     left, right = secant[:, :-1], secant[:, 1:]
     same_sign = (left * right > 0).float()
-    harmonic = 2 * left * right / (left + right + (1 - same_sign))
+    harmonic = 2 * left * right / torch.where(same_sign > 0, left + right, torch.ones_like(left))
     slopes = torch.cat([secant[:, :1], harmonic * same_sign, secant[:, -1:]], 1)
     pos = x.clamp(0, 1) * (K - 1)
     seg = torch.clamp(torch.floor(pos), max=K - 2).long()
