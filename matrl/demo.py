@@ -72,7 +72,7 @@ def run_demo(config: DemoConfig) -> Path:
     print(f"[2/4] pretrain: {config.epochs} epochs of the tiny policy on CPU")
     pretrain_config = PretrainConfig.from_yaml(TINY_PRETRAIN, **{
         "out_dir": str(config.out / "pretrain"), "data.root": str(data_dir), "train.epochs": config.epochs,
-        "train.seed": config.seed})
+        "train.seed": config.seed, "train.torch_threads": 1})
     history = Pretrainer(pretrain_config).fit()
     checkpoint = latest_checkpoint(config.out / "pretrain" / "checkpoints")
 
