@@ -132,36 +132,57 @@ def _separable_sparse(table: torch.Tensor, rows: tuple, cols: tuple) -> torch.Te
 
 
 def _dense_is_faster(ctx: NodeContext, period: torch.Tensor) -> bool:
-    return int(period.max()) * 4 <= ctx.res
+    """Dense interpolation matrices cost 2·P multiply-adds per pixel, the two-tap gathers a dozen
+    full-resolution passes: on CPU dense wins up to P = res/4 (measured at 256²), on a GPU, with
+    ~20 FLOPs per byte of memory traffic, up to P = 256 whatever the resolution."""
+    limit = 256 if ctx.device.type == "cuda" else ctx.res // 4
+    return int(period.max()) <= limit
+
+
+def perlin_factors(ctx: NodeContext, period: torch.Tensor, seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L, R), each (B, res, 2·Pmax), with Perlin noise = L @ Rᵀ (rows y, columns x).
+
+    Gradient noise is the sum of two separable bilinear forms, W·gx·Oᵀ + O·gy·Wᵀ, which is one
+    product of the concatenated factors.
+    """
+    angle = lattice_hash(ctx, period, seed) * (2 * math.pi)
+    weights, offsets = interpolation_matrices(ctx, period)
+    left = torch.cat([weights @ torch.cos(angle), offsets @ torch.sin(angle)], 2) * math.sqrt(2.0)
+    return left, torch.cat([offsets, weights], 2)
+
+
+def value_factors(ctx: NodeContext, period: torch.Tensor, seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L, R), each (B, res, Pmax), with value noise = L @ Rᵀ."""
+    weights, _ = interpolation_matrices(ctx, period)
+    return weights @ lattice_hash(ctx, period, seed), weights
 
 
 def perlin(ctx: NodeContext, period: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
     """Tileable gradient noise with `period` cells across the image, roughly in [-1,1]; (B,1,H,W).
 
-    Gradient noise is a sum of two separable bilinear forms over the lattice. Periods up to a
-    quarter of the resolution use dense batched matmuls (fastest there, measured); above that the
-    matmul cost grows with P² and a two-tap gather per axis wins (the matrices are 2-sparse).
+    Small periods are one batched matmul of the interpolation factors; above the dense limit the
+    matmul cost grows with P and a two-tap gather per axis wins (the matrices are 2-sparse).
     """
-    angle = lattice_hash(ctx, period, seed) * (2 * math.pi)
-    gx, gy = torch.cos(angle), torch.sin(angle)
     if _dense_is_faster(ctx, period):
-        weights, offsets = interpolation_matrices(ctx, period)
-        n = weights @ gx @ offsets.transpose(1, 2) + offsets @ gy @ weights.transpose(1, 2)
-    else:
-        i0, i1, w0, w1, o0, o1 = lattice_taps(ctx, period)
-        weight, offset = (i0, i1, w0, w1), (i0, i1, o0, o1)
-        n = _separable_sparse(gx, weight, offset) + _separable_sparse(gy, offset, weight)
+        left, right = perlin_factors(ctx, period, seed)
+        return (left @ right.transpose(1, 2)).unsqueeze(1)
+    angle = lattice_hash(ctx, period, seed) * (2 * math.pi)
+    i0, i1, w0, w1, o0, o1 = lattice_taps(ctx, period)
+    weight, offset = (i0, i1, w0, w1), (i0, i1, o0, o1)
+    n = _separable_sparse(torch.cos(angle), weight, offset) + _separable_sparse(torch.sin(angle), offset, weight)
     return (n * math.sqrt(2.0)).unsqueeze(1)
 
 
 def value_noise(ctx: NodeContext, period: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
     """Tileable smooth value noise in [0,1]; (B,1,H,W)."""
-    table = lattice_hash(ctx, period, seed)
     if _dense_is_faster(ctx, period):
-        weights, _ = interpolation_matrices(ctx, period)
-        return (weights @ table @ weights.transpose(1, 2)).unsqueeze(1)
+        left, right = value_factors(ctx, period, seed)
+        return (left @ right.transpose(1, 2)).unsqueeze(1)
     i0, i1, w0, w1, _, _ = lattice_taps(ctx, period)
-    return _separable_sparse(table, (i0, i1, w0, w1), (i0, i1, w0, w1)).unsqueeze(1)
+    return _separable_sparse(lattice_hash(ctx, period, seed), (i0, i1, w0, w1), (i0, i1, w0, w1)).unsqueeze(1)
+
+
+_LINEAR_FACTORS = {perlin: perlin_factors, value_noise: value_factors}
 
 
 def octave_period(base: torch.Tensor, lacunarity: torch.Tensor, octave: int, res: int) -> torch.Tensor:
@@ -170,19 +191,43 @@ def octave_period(base: torch.Tensor, lacunarity: torch.Tensor, octave: int, res
     return p.clamp(1, res // 2).long()
 
 
+def octave_amplitudes(persistence: torch.Tensor, octaves: torch.Tensor) -> torch.Tensor:
+    """(B, max octaves) amplitude of each octave per sample: persistence^o, zero past its octave count."""
+    o = torch.arange(int(octaves.max()), device=persistence.device).view(1, -1)
+    return persistence.view(-1, 1) ** o * (o < octaves.view(-1, 1))
+
+
 def fbm(ctx: NodeContext, basis, scale: torch.Tensor, octaves: torch.Tensor, persistence: torch.Tensor,
-        lacunarity: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
-    """Sum octaves of a noise `basis(ctx, period, seed)` with per-sample octave counts, normalised."""
-    total = torch.zeros(ctx.batch, 1, ctx.res, ctx.res, device=ctx.device)
-    norm = torch.zeros(ctx.batch, 1, 1, 1, device=ctx.device)
-    amp = torch.ones(ctx.batch, 1, 1, 1, device=ctx.device)
-    for o in range(int(octaves.max().item())):
-        active = bc((octaves > o).float())
+        lacunarity: torch.Tensor, seed: torch.Tensor, gain: torch.Tensor | None = None,
+        bias: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """gain · (amplitude-weighted mean of octaves of `basis(ctx, period, seed)`) + bias; (B,1,H,W).
+
+    For the linear bases (Perlin, value noise) every dense octave is a product of interpolation
+    factors, so their weighted sum is one matmul over the concatenated factors (weights and gain
+    folded into the small left factor, bias added by the same kernel): one full-resolution write
+    for the whole fBm instead of a handful of passes per octave.
+    """
+    amps = octave_amplitudes(persistence, octaves)
+    weights = amps / amps.sum(1, keepdim=True)
+    if gain is not None:
+        weights = weights * gain.view(-1, 1)
+    factors = _LINEAR_FACTORS.get(basis)
+    lefts, rights, total = [], [], None
+    for o in range(weights.shape[1]):
         period = octave_period(scale, lacunarity, o, ctx.res)
-        total = total + basis(ctx, period, hash_u32(seed, torch.full_like(seed, o))) * amp * active
-        norm = norm + amp * active
-        amp = amp * bc(persistence)
-    return total / norm.clamp(min=1e-6)
+        octave_seed = hash_u32(seed, torch.full_like(seed, o))
+        if factors is not None and _dense_is_faster(ctx, period):
+            left, right = factors(ctx, period, octave_seed)
+            lefts.append(left * weights[:, o].view(-1, 1, 1))
+            rights.append(right)
+        else:
+            term = basis(ctx, period, octave_seed).mul_(bc(weights[:, o]))
+            total = term if total is None else total.add_(term)
+    bias = torch.as_tensor(bias, dtype=torch.float32, device=ctx.device).expand(ctx.batch)
+    if lefts:
+        dense = torch.baddbmm(bias.view(-1, 1, 1), torch.cat(lefts, 2), torch.cat(rights, 2).transpose(1, 2))
+        return dense.unsqueeze(1) if total is None else total.add_(dense.unsqueeze(1))
+    return total.add_(bc(bias))
 
 
 def frequencies(res: int, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,7 +8,8 @@ import torch
 
 from graph_executor.nodes._cells import (NEIGHBOURS_3X3, at_cells, cell_grid, cell_random, cellular_features,
                                          groups, neighbour, stretched_value_noise, take)
-from graph_executor.nodes._common import bc, fbm, hash_u32, node_seed, octave_period, perlin, value_noise
+from graph_executor.nodes._common import (bc, fbm, hash_u32, node_seed, octave_amplitudes, octave_period, perlin,
+                                          value_noise)
 from graph_executor.schema import P, node, seed_param
 
 METRICS = ("euclidean", "manhattan", "chebyshev")
@@ -28,34 +29,34 @@ def _fbm_params(scale=4, octaves=5, persistence=0.5):
 @node("perlin_fbm", "noise", params=[*_fbm_params(), P("contrast", "float", 1.0, 0.2, 3.0), seed_param()])
 def perlin_fbm(ctx, inputs, p):
     """Fractal Brownian motion of Perlin gradient noise, mapped to [0,1]."""
-    n = fbm(ctx, perlin, p["scale"], p["octaves"], p["persistence"], p["lacunarity"], node_seed(ctx, p["seed"]))
-    return {"out": (0.5 + 0.5 * n * p["contrast"].view(-1, 1, 1, 1)).clamp(0, 1)}
+    n = fbm(ctx, perlin, p["scale"], p["octaves"], p["persistence"], p["lacunarity"], node_seed(ctx, p["seed"]),
+            gain=0.5 * p["contrast"], bias=0.5)
+    return {"out": n.clamp_(0, 1)}
 
 
 def _octave_spread(persistence: torch.Tensor, octaves: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Standard deviation (B,1,1,1) of a normalised octave sum whose single octave has `sigma`.
+    """Standard deviation (B,) of a normalised octave sum whose single octave has `sigma`.
 
     Octaves are independent, so the weighted average has sigma * sqrt(sum a^2) / sum a.
     """
-    o = torch.arange(int(octaves.max()), device=persistence.device).view(1, -1)
-    a = persistence.view(-1, 1) ** o * (o < octaves.view(-1, 1))
-    return bc(sigma * torch.sqrt((a * a).sum(1)) / a.sum(1))
+    a = octave_amplitudes(persistence, octaves)
+    return sigma * torch.sqrt((a * a).sum(1)) / a.sum(1)
 
 
-def _standard_fbm(ctx, basis, p, mean: float, sigma: float) -> torch.Tensor:
-    """fBm rescaled to zero mean and unit standard deviation (`mean`, `sigma`: one octave of the basis).
-
-    This keeps the output contrast steady whatever the octave count and persistence.
-    """
-    n = fbm(ctx, basis, p["scale"], p["octaves"], p["persistence"], p["lacunarity"], node_seed(ctx, p["seed"]))
-    return (n - mean) / _octave_spread(p["persistence"], p["octaves"], sigma)
+def _standard_fbm(ctx, basis, p, mean: float, sigma: float, gain: torch.Tensor | float,
+                  bias: torch.Tensor | float) -> torch.Tensor:
+    """gain · z + bias, z the fBm rescaled to zero mean and unit standard deviation (`mean`, `sigma`:
+    one octave of the basis). This keeps the output contrast steady whatever the octave count and
+    persistence; the affine map is folded into the fBm's own matmul."""
+    scale = torch.as_tensor(gain, device=ctx.device) / _octave_spread(p["persistence"], p["octaves"], sigma)
+    return fbm(ctx, basis, p["scale"], p["octaves"], p["persistence"], p["lacunarity"], node_seed(ctx, p["seed"]),
+               gain=scale, bias=bias - scale * mean)
 
 
 @node("value_fbm", "noise", params=[*_fbm_params(), P("contrast", "float", 1.0, 0.2, 3.0), seed_param()])
 def value_fbm(ctx, inputs, p):
     """Fractal sum of smooth value noise (blobby, less directional than Perlin), mapped to [0,1]."""
-    z = _standard_fbm(ctx, value_noise, p, 0.485, 0.231)
-    return {"out": (0.5 + 0.18 * z * bc(p["contrast"])).clamp(0, 1)}
+    return {"out": _standard_fbm(ctx, value_noise, p, 0.485, 0.231, 0.18 * p["contrast"], 0.5).clamp_(0, 1)}
 
 
 def _ridge(ctx, period, seed):
@@ -66,8 +67,8 @@ def _ridge(ctx, period, seed):
                                                        doc="exponent that thins the ridges"), seed_param()])
 def ridged_fbm(ctx, inputs, p):
     """Ridged multifractal: octaves of 1-|Perlin|, giving sharp crests (veins, cracks, rock)."""
-    z = _standard_fbm(ctx, _ridge, p, 0.76, 0.17)
-    return {"out": (0.6 + 0.2 * z).clamp(0, 1).pow(bc(p["sharpness"]))}
+    z = _standard_fbm(ctx, _ridge, p, 0.76, 0.17, 0.2, 0.6)
+    return {"out": z.clamp_(0, 1).pow_(bc(p["sharpness"]))}
 
 
 @node("clouds", "noise", params=[
@@ -78,9 +79,9 @@ def ridged_fbm(ctx, inputs, p):
 ])
 def clouds(ctx, inputs, p):
     """Soft multi-octave Perlin clouds thresholded by a cover amount with a soft edge."""
-    z = _standard_fbm(ctx, perlin, p, 0.0, 0.292)
     threshold = torch.special.ndtri(1.0 - p["cover"].clamp(0.001, 0.999))
-    t = (0.5 + (z - bc(threshold)) / (6.0 * bc(p["softness"]))).clamp(0, 1)
+    width = 6.0 * p["softness"]
+    t = _standard_fbm(ctx, perlin, p, 0.0, 0.292, 1.0 / width, 0.5 - threshold / width).clamp_(0, 1)
     return {"out": t * t * (3 - 2 * t)}
 
 
@@ -111,7 +112,7 @@ def anisotropic_noise(ctx, inputs, p):
         total = total + layer * amp * active
         norm = norm + amp * active
         amp = amp * bc(p["persistence"])
-    z = (total / norm - 0.485) / _octave_spread(p["persistence"], p["octaves"], 0.231)
+    z = (total / norm - 0.485) / bc(_octave_spread(p["persistence"], p["octaves"], 0.231))
     return {"out": (0.5 + 0.18 * z * bc(p["contrast"])).clamp(0, 1)}
 
 
