@@ -20,7 +20,7 @@ import os
 import random
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -216,10 +216,21 @@ class EpochMetrics:
     val_loss: float
     val_token_accuracy: float
     lr: float
-    seconds: float
+    seconds: float  # the whole epoch: training, validation and checkpoint
+    train_seconds: float  # the training steps only, up to the point where every rank has finished them
+    train_samples: int  # training rows processed in the epoch, summed over all ranks
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.train_samples / self.train_seconds if self.train_seconds > 0 else float("nan")
 
     def as_dict(self) -> dict[str, float]:
         return dict(vars(self))
+
+    @classmethod
+    def from_dict(cls, row: dict) -> "EpochMetrics":
+        """From `as_dict`'s output or a row of Ray's metrics dataframe (numpy scalars, extra columns)."""
+        return cls(**{f.name: (int if f.type == "int" else float)(row[f.name]) for f in fields(cls)})
 
 
 class Pretrainer:
@@ -416,14 +427,21 @@ class Pretrainer:
     def _epoch(self, epoch: int) -> EpochMetrics:
         start = time.perf_counter()
         (self.sampler or self.train_set).set_epoch(epoch)
-        losses = [self.train_step(batch) for batch in itertools.islice(self.train_loader, self.epoch_steps[epoch])]
-        loss_sum, batches = self._sum_over_ranks(torch.tensor([sum(losses), len(losses)], dtype=torch.float64))
+        losses, rows = [], 0
+        for batch in itertools.islice(self.train_loader, self.epoch_steps[epoch]):
+            losses.append(self.train_step(batch))
+            rows += batch.policy.size
+        loss_sum, batches, samples = self._sum_over_ranks(
+            torch.tensor([sum(losses), len(losses), rows], dtype=torch.float64)).tolist()
+        train_seconds = time.perf_counter() - start  # after the all-reduce: every rank has finished its steps
         val_loss, val_acc = self.evaluate()
-        metrics = EpochMetrics(epoch, self.step, float(loss_sum / batches), val_loss, val_acc,
-                               self.scheduler.get_last_lr()[0], time.perf_counter() - start)
+        metrics = EpochMetrics(epoch, self.step, loss_sum / batches, val_loss, val_acc,
+                               self.scheduler.get_last_lr()[0], time.perf_counter() - start, train_seconds,
+                               round(samples))
         checkpoint = None
         if self.ctx.is_main:
             for tag, value in (("epoch/train_loss", metrics.train_loss), ("epoch/seconds", metrics.seconds),
+                               ("epoch/samples_per_s", metrics.samples_per_s),
                                ("val/loss", metrics.val_loss), ("val/token_accuracy", metrics.val_token_accuracy)):
                 self.writer.add_scalar(tag, value, epoch)
             self.writer.flush()

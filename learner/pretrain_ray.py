@@ -56,5 +56,4 @@ def pretrain_on_ray(config: PretrainConfig) -> list[EpochMetrics]:
         run_config=RunConfig(name="pretrain", storage_path=str(config.out_dir / "ray")),
     )
     result = trainer.fit()
-    fields = EpochMetrics.__dataclass_fields__
-    return [EpochMetrics(**{k: row[k] for k in fields}) for row in result.metrics_dataframe.to_dict("records")]
+    return [EpochMetrics.from_dict(row) for row in result.metrics_dataframe.to_dict("records")]
