@@ -15,7 +15,7 @@ to K - 1 repeated rows; a streamed split (`data.streaming`) stops at the smalles
 
     python benchmarks/pretrain_ddp.py --quick --json     # CPU, tiny preset, 1,2 workers, generated 64² data
     python benchmarks/pretrain_ddp.py --data data/synthetic --config default --gpu --workers 1,2,4
-    python benchmarks/pretrain_ddp.py --generate 128 --generated 100 --res 256 --data /tmp/ds \\
+    python benchmarks/pretrain_ddp.py --generate 192 --generated 100 --res 256 --data /tmp/ds --num-cpus 60 \\
         --config default --gpu --workers 1,2,4 --json   # renders the dataset first (Ray tasks), then trains
 
 --generate PER_GRAPH renders a dataset into --data (default `<out>/data`) with `learner.datagen`
@@ -58,7 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--graphs", default="library", help="graph source for --generate, as `matrl gen-data --graphs`")
     p.add_argument("--generated", type=int, default=0, help="random structures added with --generate")
     p.add_argument("--res", type=int, default=None, help="image resolution for --generate (default 256)")
-    p.add_argument("--out", type=Path, default=None, help="run directories go here (default: a temporary one)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="run directories go here (default: a temporary one, removed at the end)")
     p.add_argument("--address", default=None, help="existing Ray cluster; default: start a local one")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster (default: all)")
     p.add_argument("--quick", action="store_true",
@@ -218,12 +219,12 @@ def benchmark(args: argparse.Namespace, out: Path) -> dict:
     import ray
 
     data = args.data or out / "data"
+    cpus_per_worker = build_config(args, args.workers[-1], out, data).distributed.cpus_per_worker  # checks --set
     if args.address:
         ray.init(address=args.address, log_to_driver=False)
     else:
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     try:
-        cpus_per_worker = build_config(args, args.workers[-1], out, data).distributed.cpus_per_worker
         check_resources(args, cpus_per_worker)
         dataset = generate_dataset(args, data) if args.generate is not None else None
         runs = [run_workers(args, k, out, data) for k in args.workers]
@@ -232,7 +233,8 @@ def benchmark(args: argparse.Namespace, out: Path) -> dict:
     rows = scaling_rows(runs)
     return {"rows": rows, "scaling_efficiency": rows[-1]["scaling_efficiency"], "workers": args.workers,
             "config": args.config, "overrides": args.set, "gpu": args.gpu, "cpus_per_worker": cpus_per_worker,
-            "epochs": args.epochs, "data": str(data), "dataset": dataset, "out": str(out), **machine()}
+            "epochs": args.epochs, "data": str(data), "dataset": dataset, "out": str(out) if args.out else None,
+            **machine()}
 
 
 def main(argv=None) -> int:
@@ -247,8 +249,9 @@ def main(argv=None) -> int:
         except (ValueError, FileNotFoundError) as exc:  # config, dataset and resource errors
             print(f"pretrain_ddp: {exc}", file=sys.stderr)
             return 2
-    device = f"one {summary.get('gpu_name', 'GPU')} per worker" if args.gpu else f"{summary['cpus_per_worker']} CPU(s) per worker"
-    print(f"pre-training scaling: config {args.config} {' '.join(args.set)}, {args.epochs} epochs, {device}, "
+    device = (f"one {summary.get('gpu_name', 'GPU')} per worker" if args.gpu
+              else f"{summary['cpus_per_worker']} CPU(s) per worker")
+    print(f"pre-training scaling: config {' '.join([args.config, *args.set])}, {args.epochs} epochs, {device}, "
           f"data {summary['data']}; last epoch measured")
     print(format_table(summary["rows"]))
     lo, hi = summary["rows"][0], summary["rows"][-1]
