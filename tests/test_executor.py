@@ -129,3 +129,53 @@ def test_batch_size_comes_from_any_parameter_even_when_the_first_node_has_none()
     assert plan.steps[0].spec.params == () or plan.steps[0].name == "n"
     maps = plan.run(plan.stack(batch=3), res=64, seed=[1, 2, 3])
     assert maps.height.shape[0] == 3
+
+
+@pytest.mark.parametrize("basis", ["perlin", "value_noise"])
+def test_fbm_as_one_matmul_equals_the_octave_by_octave_sum(basis):
+    """Dense octaves are folded into one product of concatenated factors; sparse ones are added."""
+    from graph_executor.executor import NodeContext
+    from graph_executor.nodes import _common
+
+    fn = getattr(_common, basis)
+    ctx = NodeContext(64, 3, torch.device("cpu"), torch.tensor([1, 2, 3]), {})
+    scale, octaves = torch.tensor([2, 3, 5]), torch.tensor([4, 2, 3])  # periods up to 20 > 64/4: mixed paths
+    persistence, lacunarity = torch.tensor([0.5, 0.7, 0.3]), torch.tensor([2.0, 1.5, 2.0])
+    seed, gain, bias = torch.tensor([7, 8, 9]), torch.tensor([0.5, 2.0, -1.0]), torch.tensor([0.1, 0.0, 0.3])
+    got = _common.fbm(ctx, fn, scale, octaves, persistence, lacunarity, seed, gain=gain, bias=bias)
+    expected = torch.zeros(3, 1, 64, 64)
+    for b in range(3):
+        sample = NodeContext(64, 1, torch.device("cpu"), ctx.seed[b:b + 1], {})
+        amps = [float(persistence[b]) ** o for o in range(int(octaves[b]))]
+        for o, amp in enumerate(amps):
+            period = _common.octave_period(scale[b:b + 1], lacunarity[b:b + 1], o, 64)
+            octave_seed = _common.hash_u32(seed[b:b + 1], torch.tensor([o]))
+            expected[b] += fn(sample, period, octave_seed)[0] * amp / sum(amps)
+        expected[b] = expected[b] * gain[b] + bias[b]
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_node_functions_and_renderer_match_eager():
+    """torch.compile (inductor, CPU here) gives the eager results; minutes on 2 cores, hence slow."""
+    from graph_executor.compiled import compiled
+    from graph_executor.library import load_library_graph
+
+    plan = Plan(load_library_graph("brown_leather"))
+    params = plan.stack(batch=2)
+    eager = plan.run(params, res=64, seed=[3, 4])
+    fused = plan.run(params, res=64, seed=[3, 4], compile=True)
+    for (name, x), (_, y) in zip(eager.items(), fused.items()):
+        assert torch.allclose(x, y, atol=1e-4), name
+    assert torch.allclose(compiled(render_flash)(fused), render_flash(eager), atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_compiled_matches_eager_on_cuda(plan):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA")
+    params = plan.stack(batch=4, device="cuda")
+    eager = plan.run(params, res=128, seed=[1, 2, 3, 4], device="cuda")
+    fused = plan.run(params, res=128, seed=[1, 2, 3, 4], device="cuda", compile=True)
+    for (name, x), (_, y) in zip(eager.items(), fused.items()):
+        assert torch.allclose(x, y, atol=1e-3), name

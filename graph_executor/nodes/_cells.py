@@ -63,6 +63,7 @@ class CellGrid:
         return torch.empty(b, P, w, P, w, device=self.fx.device)
 
 
+@torch.compiler.disable  # per-run cache: kept out of compiled graphs so guards never see it
 def cell_grid(cache: dict, res: int, period: int, device, half_shift: int = 0) -> CellGrid:
     key = ("cellgrid", res, int(period), device, half_shift)
     if key not in cache:

@@ -62,6 +62,7 @@ def fade(t: torch.Tensor) -> torch.Tensor:
     return t * t * t * (t * (t * 6 - 15) + 10)
 
 
+@torch.compiler.disable  # per-run cache: kept out of compiled graphs so guards never see it
 def interpolation_matrices(ctx: NodeContext, period: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Lattice interpolation matrices (B, res, Pmax) for per-sample integer periods.
 
@@ -100,6 +101,7 @@ def lattice_hash(ctx: NodeContext, period: torch.Tensor, seed: torch.Tensor, sal
     return hash_unit(i.view(1, 1, -1), i.view(1, -1, 1), seed.view(-1, 1, 1), torch.tensor(salt, device=ctx.device))
 
 
+@torch.compiler.disable  # per-run cache: kept out of compiled graphs so guards never see it
 def lattice_taps(ctx: NodeContext, period: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The two lattice columns each pixel interpolates between, with faded weights and offsets.
 
