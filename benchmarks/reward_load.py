@@ -125,11 +125,8 @@ def start_raw_scorers(reward_config, requests, count: int) -> list:
     is idle (points are measured raw, then service, per worker count), so both fit on K cores."""
     import ray
 
-    from reward_service.pool import PoolConfig
-
     scorer = ray.remote(num_cpus=0)(RawScorer)
-    environment = {"env_vars": PoolConfig().env_vars}  # the pool's worker environment, for a fair ceiling
-    actors = [scorer.options(runtime_env=environment).remote(reward_config) for _ in range(count)]
+    actors = [scorer.remote(reward_config) for _ in range(count)]
     ray.get([a.warm.remote(requests[0]) for a in actors])
     return actors
 

@@ -26,14 +26,6 @@ from reward_service.worker import RewardWorker, ScoreRequest, ScoreResult
 log = logging.getLogger(__name__)
 
 
-# glibc malloc serves large blocks with fresh mmaps and hands freed heap back to the kernel, so
-# every executor pass over a 256² batch page-faults freshly zeroed memory in. Keeping the blocks in
-# the heap makes one reward worker ~30% faster (red_bricks, 64 samples per request, 16 per
-# executor call: 22-23 -> 29-30 samples/s on one core) and spares the memory bandwidth that
-# many workers on one host share. A worker's heap then stays at its peak size.
-WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(64 << 30)}
-
-
 class PoolConfig(BaseModel):
     """How many reward workers, what each reserves, and how hard the pool tries to keep them."""
 
@@ -48,8 +40,6 @@ class PoolConfig(BaseModel):
     max_in_flight: int = Field(2, ge=1, description="tasks sent to one worker at a time (one running, the "
                                                     "rest queued there); more wait in the pool, where a "
                                                     "deadline or cancellation drops them before any work")
-    env_vars: dict[str, str] = Field(default_factory=lambda: dict(WORKER_ENV),
-                                     description="environment of the worker processes (default: malloc tuning)")
 
 
 class MissingTarget(KeyError):
@@ -172,8 +162,7 @@ class RewardPool:
 
     def _new_actor(self) -> ray.actor.ActorHandle:
         return RewardWorkerActor.options(num_cpus=self.config.num_cpus, max_restarts=self.config.max_restarts,
-                                         max_task_retries=0, runtime_env={"env_vars": self.config.env_vars},
-                                         ).remote(self.reward_config)
+                                         max_task_retries=0).remote(self.reward_config)
 
     async def _await_ready(self, actor, timeout_s: float) -> None:
         """Wait until the actor answers; a restarting actor answers 'unavailable' until it is back."""
