@@ -217,14 +217,16 @@ def test_streaming_ranks_stop_after_the_same_number_of_steps(dataset, tmp_path):
 def test_pretraining_on_cuda_learns_and_checkpoints_load_on_cpu(dataset, tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    config = tiny_config(dataset, tmp_path / "cuda", **{"train.device": "cuda", "train.epochs": 6,
+    # 10 epochs, not the CPU test's 6: on an H200 6 epochs dropped the loss by 19.95% (nondeterministic
+    # CUDA kernels), a hair short of the required 20%
+    config = tiny_config(dataset, tmp_path / "cuda", **{"train.device": "cuda", "train.epochs": 10,
                                                         "encoder.cache_tokens": False})
     trainer = Pretrainer(config)
     initial_loss, _ = trainer.evaluate()
     history = trainer.fit()
     assert history[-1].val_loss <= (1 - REQUIRED_RELATIVE_DROP) * initial_loss
-    policy, info = load_policy(tmp_path / "cuda" / "checkpoints" / "epoch_0006", device="cpu")
-    assert info.epoch == 6 and next(policy.parameters()).device.type == "cpu"
+    policy, info = load_policy(tmp_path / "cuda" / "checkpoints" / "epoch_0010", device="cpu")
+    assert info.epoch == 10 and next(policy.parameters()).device.type == "cpu"
 
 
 @pytest.mark.gpu
