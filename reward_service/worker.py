@@ -263,6 +263,11 @@ class RewardWorker:
         done = [i for i in good if i in images]
         for lo in range(0, len(done), self.config.micro_batch):
             chunk = done[lo:lo + self.config.micro_batch]
+            if time.perf_counter() > deadline:
+                for i in chunk:
+                    fail(i, f"timeout: request exceeded {timeout:g}s before this sample's reward was computed")
+                self.counters["timeouts"] += len(chunk)
+                continue
             try:
                 pred = self.metric.describe(torch.cat([images[i] for i in chunk]))
                 terms = self.metric.terms(pred, target)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import math
 
 import numpy as np
@@ -187,3 +188,17 @@ def test_executor_errors_and_nan_maps_fail_only_their_samples(fragile_node_type,
     assert "fragile node exploded" in results[1].error and results[1].error.startswith("executor")
     assert "non-finite" in results[2].error and "height" in results[2].error
     assert worker.stats()["failures"] == 2
+
+
+def test_the_deadline_is_also_checked_before_each_reward_chunk(target):
+    """A deadline that passes while the first sample executes: the second is never executed, the
+    first is executed but gets no reward computed; both fail as timeouts naming the stage."""
+    worker = RewardWorker(RewardConfig(res=2048, micro_batch=1))  # execution dominates at 2048²
+    one = ScoreRequest(GRAPH, [0], target, param_sets=[{}])
+    worker.score(one)  # caches plan and target descriptor
+    started = time.perf_counter()
+    assert worker.score(one)[0].ok
+    whole = time.perf_counter() - started
+    results = worker.score(ScoreRequest(GRAPH, [0, 1], target, param_sets=[{}, {}], timeout_s=whole / 2))
+    assert "reward was computed" in results[0].error and "was executed" in results[1].error
+    assert not any(r.ok for r in results)
