@@ -58,7 +58,9 @@ def test_random_structure_mutations(data):
         elif action == "rewire":
             port = data.draw(st.sampled_from(["in", "height", "basecolor", "foreground", "x"]))
             src = data.draw(st.sampled_from(names + ["nowhere"]))
-            graph["nodes"][target].setdefault("inputs", {})[port] = data.draw(
+            if not isinstance(graph["nodes"][target].get("inputs"), dict):  # an earlier "junk" may have replaced it
+                graph["nodes"][target]["inputs"] = {}
+            graph["nodes"][target]["inputs"][port] = data.draw(
                 st.sampled_from([src, f"{src}.out", f"{src}.zz"]) | json_values)
         elif action == "junk":
             graph["nodes"][target][data.draw(st.sampled_from(["inputs", "params", "type"]))] = data.draw(json_values)
