@@ -98,21 +98,18 @@ def anisotropic_noise(ctx, inputs, p):
     """Value noise stretched along one axis: streaks for brushed metal, wood grain and fibres."""
     seed = node_seed(ctx, p["seed"])
     vertical = p["direction"] == 1
-    total = torch.zeros(ctx.batch, 1, ctx.res, ctx.res, device=ctx.device)
-    norm = torch.zeros(ctx.batch, 1, 1, 1, device=ctx.device)
-    amp = torch.ones(ctx.batch, 1, 1, 1, device=ctx.device)
+    amps = octave_amplitudes(p["persistence"], p["octaves"])
+    weights = amps / amps.sum(1, keepdim=True)
     two = torch.full_like(p["persistence"], 2.0)
-    for o in range(int(p["octaves"].max().item())):
+    total = torch.zeros(ctx.batch, 1, ctx.res, ctx.res, device=ctx.device)
+    for o in range(weights.shape[1]):
         along = octave_period(p["scale"], two, o, ctx.res)
         across = octave_period(p["scale"] * p["stretch"], two, o, ctx.res)
         octave_seed = hash_u32(seed, torch.full_like(seed, o))
         layer = stretched_value_noise(ctx, torch.where(vertical, across, along), torch.where(vertical, along, across),
                                       octave_seed)
-        active = bc((p["octaves"] > o).float())
-        total = total + layer * amp * active
-        norm = norm + amp * active
-        amp = amp * bc(p["persistence"])
-    z = (total / norm - 0.485) / bc(_octave_spread(p["persistence"], p["octaves"], 0.231))
+        total.add_(layer.mul_(bc(weights[:, o])))
+    z = (total - 0.485) / bc(_octave_spread(p["persistence"], p["octaves"], 0.231))
     return {"out": (0.5 + 0.18 * z * bc(p["contrast"])).clamp(0, 1)}
 
 
