@@ -25,6 +25,7 @@ import platform
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -43,6 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=64, help="samples per request")
     p.add_argument("--duration", type=float, default=None, help="seconds per point (60; --quick 10)")
     p.add_argument("--res", type=int, default=None, help="executor resolution (256; --quick 128)")
+    p.add_argument("--micro-batch", type=int, default=None, help="samples per executor call (RewardConfig default)")
     p.add_argument("--graph", default="red_bricks", help="library graph name or JSON path")
     p.add_argument("--address", default=None, help="existing Ray cluster; default: a local one")
     p.add_argument("--quick", action="store_true")
@@ -148,9 +150,14 @@ class ClientLog:
     errors: int = 0
 
 
-def start_server(args, address: str, workers: int) -> tuple[subprocess.Popen, str]:
+def start_server(args, address: str, workers: int, reward_config) -> tuple[subprocess.Popen, str]:
+    """The service subprocess with the raw scorers' RewardConfig (passed as a YAML file)."""
+    import yaml
+
+    config_file = Path(tempfile.mkdtemp(prefix="reward_load_")) / "reward.yaml"
+    config_file.write_text(yaml.safe_dump(reward_config.model_dump(mode="json")))
     cmd = [sys.executable, "-m", "matrl.cli", "serve-reward", "--port", "0", "--workers", str(workers),
-           "--address", address, "--res", str(args.res), "--chunk-samples", str(max(args.samples, 1))]
+           "--address", address, "--reward-config", str(config_file), "--chunk-samples", str(max(args.samples, 1))]
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
     deadline = time.monotonic() + 600
     for line in server.stdout:
@@ -240,7 +247,7 @@ def measure(args, address: str, reward_config, requests) -> tuple[dict[int, dict
     from reward_service.client import RewardClient
 
     raw, service = {}, {}
-    server, server_address = start_server(args, address, args.workers[0])
+    server, server_address = start_server(args, address, args.workers[0], reward_config)
     try:
         scorers = start_raw_scorers(reward_config, requests, max(args.workers))
         with RewardClient(server_address, timeout_s=600) as admin:
@@ -283,13 +290,14 @@ def report(args, graph, target_name, raw, service) -> dict:
                      "errors": service[k]["errors"] + raw[k]["errors"], "requests": service[k]["requests"]})
     lo, hi = rows[0], rows[-1]
 
-    def efficiency(key: str) -> float:
-        if hi["workers"] == lo["workers"] or not lo[key]:
+    def efficiency(key: str, row: dict = hi) -> float:
+        if row["workers"] == lo["workers"] or not lo[key]:
             return float("nan")
-        return (hi[key] / hi["workers"]) / (lo[key] / lo["workers"])
+        return (row[key] / row["workers"]) / (lo[key] / lo["workers"])
 
     print(f"reward service load: graph {graph.name} ({len(graph.nodes)} nodes) at {args.res}², target {target_name},"
-          f" {args.samples} samples/request, {args.duration:g} s per point, {os.cpu_count()} CPUs")
+          f" {args.samples} samples/request, micro-batch {args.micro_batch}, {args.duration:g} s per point,"
+          f" {os.cpu_count()} CPUs")
     header = ("workers", "clients", "raw samples/s", "service samples/s", "service/raw", "worker busy",
               "p50 ms", "p99 ms", "errors")
     print("  ".join(f"{h:>17}" for h in header))
@@ -303,6 +311,9 @@ def report(args, graph, target_name, raw, service) -> dict:
                "p50_ms": hi["p50_ms"], "p99_ms": hi["p99_ms"],
                "errors": sum(r["errors"] for r in rows), "scaling_efficiency": efficiency("samples_per_s"),
                "raw_scaling_efficiency": efficiency("raw_samples_per_s"), "workers": args.workers,
+               "scaling_by_workers": {r["workers"]: {"service": efficiency("samples_per_s", r),
+                                                     "raw": efficiency("raw_samples_per_s", r)} for r in rows[1:]},
+               "micro_batch": args.micro_batch,
                "graph": graph.name, "res": args.res, "samples_per_request": args.samples,
                "duration_s": args.duration, "target": target_name, "cpus": os.cpu_count(),
                "machine": platform.processor() or platform.machine(), "per_workers": rows}
@@ -320,7 +331,8 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     graph, requests, target_name = load_workload(args)
-    reward_config = RewardConfig(res=args.res)
+    reward_config = RewardConfig(res=args.res, **({} if args.micro_batch is None else {"micro_batch": args.micro_batch}))
+    args.micro_batch = reward_config.micro_batch
     if args.address:
         ray.init(address=args.address)
     else:

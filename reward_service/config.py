@@ -50,6 +50,8 @@ class RewardConfig(BaseModel):
     res: int = Field(256, description="executor resolution; renders are resized to metric.image_res")
     device: str = "cpu"
     torch_threads: int | None = Field(1, ge=1, description="None leaves torch's thread count alone")
+    retain_freed_memory: bool = Field(True, description="glibc: keep freed heap memory in the process "
+                                                        "(reward_service.allocator); affects the whole process")
     micro_batch: int = Field(16, ge=1, description="samples per executor call; timeouts are checked between calls")
     failure_reward: float = -1.0
     default_timeout_s: float = Field(120.0, gt=0)

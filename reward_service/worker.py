@@ -22,6 +22,7 @@ from graph_executor.errors import GraphError
 from graph_executor.executor import Plan
 from graph_executor.ir import Graph, loads_graph
 from graph_executor.render import render_flash
+from reward_service.allocator import retain_freed_memory
 from reward_service.config import RewardConfig
 from reward_service.metrics import AppearanceMetric, Descriptor
 
@@ -105,6 +106,7 @@ class RewardWorker:
         self.config = config
         if config.torch_threads is not None:
             torch.set_num_threads(config.torch_threads)
+        self.retains_freed_memory = config.retain_freed_memory and retain_freed_memory()
         self.device = torch.device(config.device)
         self.metric = metric or AppearanceMetric(config.metric)
         self.metric.backbone.to(self.device)

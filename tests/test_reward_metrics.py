@@ -12,8 +12,8 @@ from PIL import Image
 from graph_executor.executor import execute
 from graph_executor.ir import parse_graph
 from graph_executor.render import render_flash
-from matrl.pretrained import WeightsUnavailable, build_vgg19_avgpool
-from reward_service.backbones import VGG19PoolStages, build_backbone
+from matrl.pretrained import WeightsUnavailable, build_vgg19_avgpool, load_efficientnet_lite0
+from reward_service.backbones import VGG19PoolStages, build_backbone, fold_batchnorm
 from reward_service.config import MetricConfig
 from reward_service.metrics import AppearanceMetric, gram
 
@@ -46,6 +46,25 @@ def test_gram_matches_hand_computation_and_is_symmetric():
     assert torch.allclose(g[0], expected)
     big = gram(torch.randn(3, 7, 5, 6, generator=torch.Generator().manual_seed(0)))
     assert torch.allclose(big, big.transpose(1, 2))
+
+
+def test_folded_efficientnet_stages_equal_the_unfolded_network(effnet, texture):
+    reference = load_efficientnet_lite0()
+    images = torch.cat([texture[..., 16:240, 16:240], torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(2))])
+    with torch.no_grad():
+        expected = reference.forward_intermediates((images - 0.5) / 0.5, indices=[0, 1, 2, 3, 4], stop_early=True,
+                                                   intermediates_only=True)
+        got = effnet.stages(images)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in effnet.modules())
+    assert [f.shape for f in got] == [f.shape for f in expected]
+    for g, e in zip(got, expected):
+        assert torch.allclose(g, e, rtol=1e-4, atol=1e-4 * float(e.abs().max()))
+
+
+def test_fold_batchnorm_refuses_a_batchnorm_without_a_conv_before_it():
+    lonely = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.BatchNorm2d(3)).eval()
+    with pytest.raises(ValueError, match="cannot fold"):
+        fold_batchnorm(lonely)
 
 
 def test_identical_images_score_one_with_zero_terms(metric, texture):
