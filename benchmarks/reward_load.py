@@ -1,6 +1,8 @@
 """Load benchmark of the reward service against the raw executor + reward on the same cores.
 
 For each worker count K (e.g. 1,2 here; 1,16,60 on a many-core host), back to back:
+  control  the same K actors run small in-cache matmuls at once: per-process calls/s against K=1 is
+           the host's ceiling for scaling single-threaded work (a workload free of memory traffic);
   raw      K RawScorer actors (1 torch thread each) call RewardWorker.score in a loop: no gRPC,
            no Arrow, no pool; samples/s = sum over actors of samples / busy seconds;
   service  `matrl serve-reward --workers K` (a subprocess on the same Ray cluster, resized in
@@ -120,6 +122,23 @@ class RawScorer:
             failures += sum(not r.ok for r in results)
             i += 1
         return {"samples": samples, "failures": failures, "busy_s": busy, "requests": i - first}
+
+    @staticmethod
+    def compute_loop(start_unix: float, end_unix: float) -> float:
+        """Small in-cache matmuls (no memory traffic) between two wall-clock times; returns calls/s.
+        How fast this runs with K processes busy at once, against one, is the host's own ceiling for
+        the scaling of any single-threaded work (turbo limits, vCPUs sharing a physical core)."""
+        import torch
+
+        a, b, out = torch.rand(48, 48), torch.rand(48, 48), torch.empty(48, 48)
+        while time.time() < start_unix:
+            torch.mm(a, b, out=out)
+        calls, started = 0, time.perf_counter()
+        while time.time() < end_unix:
+            for _ in range(100):
+                torch.mm(a, b, out=out)
+            calls += 100
+        return calls / (time.perf_counter() - started)
 
 
 def start_raw_scorers(reward_config, requests, count: int) -> list:
@@ -242,17 +261,27 @@ def prime(address: str, requests, workers: int) -> None:
             t.join()
 
 
-def measure(args, address: str, reward_config, requests) -> tuple[dict[int, dict], dict[int, dict]]:
-    """Per worker count: the raw executor on K actors, then the service resized to K workers."""
+def measure_compute_control(actors, seconds: float) -> float:
+    """Mean calls/s per actor of RawScorer.compute_loop, all K actors at once."""
+    import ray
+
+    start = time.time() + 1.0
+    return float(np.mean(ray.get([a.compute_loop.remote(start, start + seconds) for a in actors])))
+
+
+def measure(args, address: str, reward_config, requests) -> tuple[dict[int, dict], dict[int, dict], dict[int, float]]:
+    """Per worker count: a compute-bound control and the raw executor on K actors, then the service
+    resized to K workers."""
     from reward_service.client import RewardClient
 
-    raw, service = {}, {}
+    raw, service, control = {}, {}, {}
     server, server_address = start_server(args, address, args.workers[0], reward_config)
     try:
         scorers = start_raw_scorers(reward_config, requests, max(args.workers))
         with RewardClient(server_address, timeout_s=600) as admin:
             admin.wait_ready(600)
             for k in args.workers:
+                control[k] = measure_compute_control(scorers[:k], min(5.0, args.duration))
                 raw[k] = measure_raw(scorers[:k], requests, args.duration)
                 log(f"raw      K={k}: {raw[k]['samples_per_s']:.2f} samples/s ({raw[k]['requests']} requests)")
                 status = admin.resize(k, timeout_s=600)
@@ -270,7 +299,7 @@ def measure(args, address: str, reward_config, requests) -> tuple[dict[int, dict
             server.wait(60)
         except subprocess.TimeoutExpired:
             server.kill()
-    return raw, service
+    return raw, service, control
 
 
 # ---- report -------------------------------------------------------------------------------------------
@@ -279,7 +308,7 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def report(args, graph, target_name, raw, service) -> dict:
+def report(args, graph, target_name, raw, service, control) -> dict:
     rows = []
     for k in args.workers:
         ratio = service[k]["samples_per_s"] / raw[k]["samples_per_s"] if raw[k]["samples_per_s"] else float("nan")
@@ -287,7 +316,8 @@ def report(args, graph, target_name, raw, service) -> dict:
                      "raw_samples_per_s": raw[k]["samples_per_s"], "samples_per_s": service[k]["samples_per_s"],
                      "service_over_raw": ratio, "worker_busy": service[k]["worker_busy"],
                      "p50_ms": service[k]["p50_ms"], "p99_ms": service[k]["p99_ms"],
-                     "errors": service[k]["errors"] + raw[k]["errors"], "requests": service[k]["requests"]})
+                     "errors": service[k]["errors"] + raw[k]["errors"], "requests": service[k]["requests"],
+                     "compute_control_per_process": control[k]})
     lo, hi = rows[0], rows[-1]
 
     def efficiency(key: str, row: dict = hi) -> float:
@@ -299,20 +329,22 @@ def report(args, graph, target_name, raw, service) -> dict:
           f" {args.samples} samples/request, micro-batch {args.micro_batch}, {args.duration:g} s per point,"
           f" {os.cpu_count()} CPUs")
     header = ("workers", "clients", "raw samples/s", "service samples/s", "service/raw", "worker busy",
-              "p50 ms", "p99 ms", "errors")
+              "p50 ms", "p99 ms", "errors", "control eff")
     print("  ".join(f"{h:>17}" for h in header))
     for r in rows:
         print("  ".join(f"{v:>17}" for v in (
             r["workers"], r["clients"], f"{r['raw_samples_per_s']:.2f}", f"{r['samples_per_s']:.2f}",
             f"{r['service_over_raw']:.3f}", f"{r['worker_busy']:.3f}", f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}",
-            r["errors"])))
+            r["errors"], f"{r['compute_control_per_process'] / lo['compute_control_per_process']:.3f}")))
     summary = {"samples_per_s": hi["samples_per_s"], "raw_executor_samples_per_s": hi["raw_samples_per_s"],
                "service_over_raw": hi["service_over_raw"], "worker_busy": hi["worker_busy"],
                "p50_ms": hi["p50_ms"], "p99_ms": hi["p99_ms"],
                "errors": sum(r["errors"] for r in rows), "scaling_efficiency": efficiency("samples_per_s"),
                "raw_scaling_efficiency": efficiency("raw_samples_per_s"), "workers": args.workers,
-               "scaling_by_workers": {r["workers"]: {"service": efficiency("samples_per_s", r),
-                                                     "raw": efficiency("raw_samples_per_s", r)} for r in rows[1:]},
+               "scaling_by_workers": {r["workers"]: {
+                   "service": efficiency("samples_per_s", r), "raw": efficiency("raw_samples_per_s", r),
+                   "compute_control": r["compute_control_per_process"] / lo["compute_control_per_process"]}
+                   for r in rows[1:]},
                "micro_batch": args.micro_batch,
                "graph": graph.name, "res": args.res, "samples_per_request": args.samples,
                "duration_s": args.duration, "target": target_name, "cpus": os.cpu_count(),
@@ -332,17 +364,17 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     graph, requests, target_name = load_workload(args)
     reward_config = RewardConfig(res=args.res, **({} if args.micro_batch is None else {"micro_batch": args.micro_batch}))
-    args.micro_batch = reward_config.micro_batch
+    args.micro_batch = reward_config.samples_per_call
     if args.address:
         ray.init(address=args.address)
     else:
         ray.init(num_cpus=max(args.workers), include_dashboard=False, log_to_driver=False)
     try:
         address = ray.get_runtime_context().gcs_address
-        raw, service = measure(args, address, reward_config, requests)
+        raw, service, control = measure(args, address, reward_config, requests)
     finally:
         ray.shutdown()
-    summary = report(args, graph, target_name, raw, service)
+    summary = report(args, graph, target_name, raw, service, control)
     if args.json:
         print(json.dumps(summary))
     return 0

@@ -1,5 +1,7 @@
-"""Cost of the reward on CPU: backbone descriptor per image (EfficientNet-Lite0 vs VGG19) and the
-RewardWorker end to end (execute + render + reward) on library graphs, side by side.
+"""Cost of the reward on CPU: backbone descriptor per image (EfficientNet-Lite0 as the reward runs it,
+with BatchNorm folded and channels-last; the plain timm network it is built from; VGG19) at batch 1
+and the request batch, and the RewardWorker end to end (execute + render + reward) on library graphs,
+side by side.
 
     python benchmarks/reward_metrics.py [--quick] [--json]
 
@@ -19,7 +21,8 @@ import torch
 
 from graph_executor.library import library_names, load_library_graph
 from graph_executor.sampling import sample_parameters
-from reward_service.backbones import EfficientNetLite0Stages, VGG19PoolStages
+from matrl.pretrained import load_efficientnet_lite0
+from reward_service.backbones import Backbone, EfficientNetLite0Stages, VGG19PoolStages
 from reward_service.config import MetricConfig, RewardConfig
 from reward_service.metrics import AppearanceMetric
 from reward_service.worker import RewardWorker, ScoreRequest
@@ -38,19 +41,35 @@ def _best_of(fn, repeats: int):
     return best
 
 
-def time_backbones(batch: int, repeats: int) -> list[dict]:
-    images = torch.rand(batch, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+class PlainEfficientNetLite0Stages(Backbone):
+    """The same stages from timm's network as loaded (BatchNorm layers, channels-first): the reference."""
+
+    info = EfficientNetLite0Stages.info
+
+    def __init__(self):
+        super().__init__()
+        self.net = load_efficientnet_lite0().requires_grad_(False)
+
+    def stages(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return self.net.forward_intermediates((images - 0.5) / 0.5, indices=[0, 1, 2, 3, 4], stop_early=True,
+                                             intermediates_only=True)
+
+
+def time_backbones(batches: tuple[int, ...], repeats: int) -> list[dict]:
     rows = []
     for name, backbone in (("efficientnet_lite0", EfficientNetLite0Stages()),
+                           ("efficientnet_lite0 plain timm", PlainEfficientNetLite0Stages()),
                            ("vgg19 (unweighted, timing only)", VGG19PoolStages(allow_unweighted=True))):
         metric = AppearanceMetric(MetricConfig(backbone=backbone.info.name), backbone=backbone.eval())
-        seconds, _ = _best_of(lambda: metric.describe(images), repeats)
-        rows.append({"what": f"descriptor {name}", "batch": batch, "ms_per_image": 1000 * seconds / batch})
+        for batch in batches:
+            images = torch.rand(batch, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+            seconds, _ = _best_of(lambda: metric.describe(images), repeats)
+            rows.append({"what": f"descriptor {name}", "batch": batch, "ms_per_image": 1000 * seconds / batch})
     return rows
 
 
 def time_worker(batch: int, res: int, graphs: list[str], repeats: int) -> list[dict]:
-    worker = RewardWorker(RewardConfig(res=res, micro_batch=batch))
+    worker = RewardWorker(RewardConfig(res=res))
     target = (np.random.default_rng(0).random((512, 512, 3)) * 255).astype(np.uint8)
     rows = []
     for name in graphs:
@@ -58,7 +77,7 @@ def time_worker(batch: int, res: int, graphs: list[str], repeats: int) -> list[d
         request = ScoreRequest(f"lib:{name}", list(range(batch)), target, param_sets=sets)
         seconds, results = _best_of(lambda: worker.score(request), repeats)
         split = {k: 1000 * float(np.mean([r.timings[k] for r in results])) for k in ("execute", "render", "reward")}
-        rows.append({"what": f"worker lib:{name} @{res}²", "batch": batch, "ms_per_image": 1000 * seconds / batch,
+        rows.append({"what": f"worker lib:{name} @{res}², {worker.config.samples_per_call}/call", "batch": batch, "ms_per_image": 1000 * seconds / batch,
                      "ok": sum(r.ok for r in results), **{f"{k}_ms": v for k, v in split.items()}})
     return rows
 
@@ -71,9 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--graphs", type=int, default=6, help="how many library graphs (sorted by name)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    batch, repeats = (4, 1) if args.quick else (16, 3)
+    batch, repeats = (4, 1) if args.quick else (16, 5)
     graphs = library_names()[:2 if args.quick else args.graphs]
-    rows = time_backbones(batch, repeats) + time_worker(batch, args.res, graphs, repeats)
+    rows = time_backbones((1, batch), repeats) + time_worker(batch, args.res, graphs, repeats)
     base = rows[0]["ms_per_image"]
     for r in rows:
         r["x_effnet_descriptor"] = r["ms_per_image"] / base

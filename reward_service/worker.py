@@ -250,10 +250,10 @@ class RewardWorker:
 
         good = list(overrides)
         images: dict[int, torch.Tensor] = {}
-        for lo in range(0, len(good), self.config.micro_batch):
+        for lo in range(0, len(good), self.config.samples_per_call):
             if time.perf_counter() > deadline:
                 break
-            chunk = good[lo:lo + self.config.micro_batch]
+            chunk = good[lo:lo + self.config.samples_per_call]
             images.update(self._render_chunk(compiled.plan, chunk, overrides, request.seeds, fail, timings))
 
         for i in good:
@@ -263,8 +263,8 @@ class RewardWorker:
 
         t = time.perf_counter()
         done = [i for i in good if i in images]
-        for lo in range(0, len(done), self.config.micro_batch):
-            chunk = done[lo:lo + self.config.micro_batch]
+        for lo in range(0, len(done), self.config.samples_per_call):
+            chunk = done[lo:lo + self.config.samples_per_call]
             if time.perf_counter() > deadline:
                 for i in chunk:
                     fail(i, f"timeout: request exceeded {timeout:g}s before this sample's reward was computed")
