@@ -9,6 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from graph_executor.executor import SUPPORTED_RES
 
 
+CPU_PIXELS_PER_CALL = 256 * 256
+CUDA_SAMPLES_PER_CALL = 256
+
+
 class MetricConfig(BaseModel):
     """R = 1 − (λ_gram·L_gram + λ_lab·L_lab) (paper Eq. 5–6, ProcMatRL's weights by default).
 
@@ -65,12 +69,15 @@ class RewardConfig(BaseModel):
 
     @property
     def samples_per_call(self) -> int:
-        """`micro_batch`, or 1 on CPU and 256 on CUDA. On CPU one sample's intermediates stay in the
-        core's caches: with 60 workers on a 64-core host, 1 per call scored 549 samples/s against
-        423 with 4 (docs/benchmarks.md). A GPU needs large batches to be busy."""
+        """`micro_batch`, else on CPU as many samples as make 256² pixels (1 at 256², 4 at 128²) and
+        256 on CUDA. On CPU a call that small keeps its intermediates in the core's caches: with 60
+        workers on a 64-core host, 1 sample per call at 256² scored 549 samples/s against 423 with 4
+        (docs/benchmarks.md). A GPU needs large batches to be busy."""
         if self.micro_batch is not None:
             return self.micro_batch
-        return 1 if self.device == "cpu" else 256
+        if self.device == "cpu":
+            return max(1, CPU_PIXELS_PER_CALL // (self.res * self.res))
+        return CUDA_SAMPLES_PER_CALL
 
     @model_validator(mode="after")
     def _check(self) -> "RewardConfig":

@@ -237,3 +237,9 @@ def test_retained_freed_memory_stops_page_faults_in_steady_state():
     assert retained["retains"] and not default["retains"]
     assert default["faults_per_sample"] > 500, default
     assert retained["faults_per_sample"] < default["faults_per_sample"] / 20, (retained, default)
+
+
+def test_samples_per_call_keeps_cpu_calls_at_one_256_squared_sample_unless_set():
+    assert [RewardConfig(res=r).samples_per_call for r in (64, 128, 256, 512)] == [16, 4, 1, 1]
+    assert RewardConfig(device="cuda").samples_per_call == 256
+    assert RewardConfig(res=64, micro_batch=3).samples_per_call == 3
