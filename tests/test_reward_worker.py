@@ -243,3 +243,15 @@ def test_samples_per_call_keeps_cpu_calls_at_one_256_squared_sample_unless_set()
     assert [RewardConfig(res=r).samples_per_call for r in (64, 128, 256, 512)] == [16, 4, 1, 1]
     assert RewardConfig(device="cuda").samples_per_call == 256
     assert RewardConfig(res=64, micro_batch=3).samples_per_call == 3
+
+
+@pytest.mark.gpu
+def test_cuda_worker_scores_like_the_cpu_worker(target):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    request = ScoreRequest(structure=GRAPH, seeds=list(range(6)), target=png_bytes(target),
+                           param_sets=[{"n1": {"scale": 2 + i}} for i in range(6)])
+    on_gpu = RewardWorker(RewardConfig(res=64, device="cuda")).score(request)
+    on_cpu = RewardWorker(RewardConfig(res=64)).score(request)
+    assert all(r.ok for r in on_gpu + on_cpu)
+    assert [r.reward for r in on_gpu] == pytest.approx([r.reward for r in on_cpu], abs=2e-3)
