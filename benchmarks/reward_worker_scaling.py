@@ -8,7 +8,7 @@ per-process samples/s at K against K = 1 for the same configuration. This is wha
 RewardConfig's CPU default of one sample per call (docs/benchmarks.md).
 
     python benchmarks/reward_worker_scaling.py                              # K 1,2; 1 and 4 per call
-    python benchmarks/reward_worker_scaling.py --workers 1,16,60 --configs 1,2,4,1:noretain,1:pin
+    python benchmarks/reward_worker_scaling.py --workers 1,16,60 --configs 1,2,4,1:noretain
     python benchmarks/reward_worker_scaling.py --quick --json
 """
 
@@ -31,24 +31,21 @@ class Point:
     workers: int
     micro_batch: int
     retain_freed_memory: bool = True
-    pin_cpu: bool = False
 
 
-def parse_config(text: str) -> tuple[int, bool, bool]:
-    """'MICRO_BATCH[:noretain][:pin]' -> (micro_batch, retain_freed_memory, pin_cpu)."""
+def parse_config(text: str) -> tuple[int, bool]:
+    """'MICRO_BATCH[:noretain]' -> (micro_batch, retain_freed_memory)."""
     micro_batch, *flags = text.split(":")
-    unknown = set(flags) - {"noretain", "pin"}
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown flags {sorted(unknown)} in {text!r}; use noretain, pin")
-    return int(micro_batch), "noretain" not in flags, "pin" in flags
+    if set(flags) - {"noretain"}:
+        raise argparse.ArgumentTypeError(f"unknown flags in {text!r}; the one flag is noretain")
+    return int(micro_batch), not flags
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", default="1,2", help="comma-separated process counts; the first is the baseline")
     p.add_argument("--configs", default="1,4",
-                   help="comma-separated MICRO_BATCH[:noretain][:pin] (RewardConfig.retain_freed_memory off, "
-                        "RewardConfig.pin_cpu on)")
+                   help="comma-separated MICRO_BATCH[:noretain] (noretain: RewardConfig.retain_freed_memory off)")
     p.add_argument("--graph", default="red_bricks")
     p.add_argument("--res", type=int, default=None, help="executor resolution (256; --quick 64)")
     p.add_argument("--duration", type=float, default=None, help="seconds per point (15; --quick 2)")
@@ -72,7 +69,7 @@ def score_for(point: Point, graph: str, res: int, duration: float, start, result
 
     torch.set_num_threads(1)
     _, requests, _ = load_workload(argparse.Namespace(graph=graph, samples=64, res=res))
-    worker = RewardWorker(RewardConfig(res=res, micro_batch=point.micro_batch, pin_cpu=point.pin_cpu,
+    worker = RewardWorker(RewardConfig(res=res, micro_batch=point.micro_batch,
                                        retain_freed_memory=point.retain_freed_memory))
     worker.score(requests[0])
     start.wait()
@@ -88,8 +85,8 @@ def score_for(point: Point, graph: str, res: int, duration: float, start, result
                  **{f"{k}_ms": 1000 * v / max(samples, 1) for k, v in phases.items()}})
 
 
-def config_of(row: dict) -> tuple[int, bool, bool]:
-    return row["micro_batch"], row["retain_freed_memory"], row["pin_cpu"]
+def config_of(row: dict) -> tuple[int, bool]:
+    return row["micro_batch"], row["retain_freed_memory"]
 
 
 def measure(point: Point, args) -> dict:
@@ -115,11 +112,10 @@ def main(argv=None) -> int:
         r["efficiency"] = r["per_process"] / base[config_of(r)]
     print(f"RewardWorker scaling: graph {args.graph} at {args.res}², 64-sample requests, {args.duration:g} s per "
           f"point, {os.cpu_count()} CPUs")
-    print(f"{'K':>4} {'per call':>8} {'retain':>6} {'pin':>4} {'samples/s':>10} {'per proc':>9} {'eff':>5} "
+    print(f"{'K':>4} {'per call':>8} {'retain':>6} {'samples/s':>10} {'per proc':>9} {'eff':>5} "
           f"{'prep ms':>8} {'exec ms':>8} {'render ms':>9} {'reward ms':>9}")
     for r in rows:
         print(f"{r['workers']:>4} {r['micro_batch']:>8} {'on' if r['retain_freed_memory'] else 'off':>6} "
-              f"{'on' if r['pin_cpu'] else 'off':>4} "
               f"{r['samples_per_s']:>10.1f} {r['per_process']:>9.2f} {r['efficiency']:>5.2f} {r['prepare_ms']:>8.1f} "
               f"{r['execute_ms']:>8.1f} {r['render_ms']:>9.1f} {r['reward_ms']:>9.1f}")
     if args.json:

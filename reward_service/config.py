@@ -54,8 +54,6 @@ class RewardConfig(BaseModel):
     res: int = Field(256, description="executor resolution; renders are resized to metric.image_res")
     device: str = "cpu"
     torch_threads: int | None = Field(1, ge=1, description="None leaves torch's thread count alone")
-    pin_cpu: bool = Field(False, description="pin the worker process to a CPU no other worker on the host has "
-                                             "claimed (reward_service.cpu_claim); affects the whole process")
     retain_freed_memory: bool = Field(True, description="glibc: keep freed heap memory in the process "
                                                         "(reward_service.allocator); affects the whole process")
     micro_batch: int | None = Field(None, ge=1, description="samples per executor and CNN call (timeouts are "

@@ -24,7 +24,6 @@ from graph_executor.ir import Graph, loads_graph
 from graph_executor.render import render_flash
 from reward_service.allocator import retain_freed_memory
 from reward_service.config import RewardConfig
-from reward_service.cpu_claim import claim_cpu
 from reward_service.metrics import AppearanceMetric, Descriptor
 
 LIBRARY_PREFIX = "lib:"
@@ -108,7 +107,6 @@ class RewardWorker:
         if config.torch_threads is not None:
             torch.set_num_threads(config.torch_threads)
         self.retains_freed_memory = config.retain_freed_memory and retain_freed_memory()
-        self.cpu = claim_cpu() if config.pin_cpu else None
         self.device = torch.device(config.device)
         self.metric = metric or AppearanceMetric(config.metric)
         self.metric.backbone.to(self.device)

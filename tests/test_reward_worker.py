@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import platform
 import subprocess
 import sys
@@ -257,37 +256,3 @@ def test_cuda_worker_scores_like_the_cpu_worker(target):
     assert all(r.ok for r in on_gpu + on_cpu)
     assert [r.reward for r in on_gpu] == pytest.approx([r.reward for r in on_cpu], abs=2e-3)
 
-
-CLAIM_SCRIPT = """
-import json, os, sys
-from pathlib import Path
-from reward_service.cpu_claim import claim_cpu
-cpu = claim_cpu(Path(sys.argv[1]))
-print(json.dumps({"cpu": cpu, "affinity": sorted(os.sched_getaffinity(0))}), flush=True)
-sys.stdin.readline()  # hold the claim until the test lets go
-"""
-
-
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this platform")
-def test_workers_on_one_host_claim_distinct_cpus_and_a_dead_workers_cpu_is_free_again(tmp_path):
-    allowed = sorted(os.sched_getaffinity(0))
-
-    def start() -> tuple[subprocess.Popen, dict]:
-        proc = subprocess.Popen([sys.executable, "-c", CLAIM_SCRIPT, str(tmp_path)], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True)
-        return proc, json.loads(proc.stdout.readline())
-
-    holders = [start() for _ in allowed]
-    claimed = [info["cpu"] for _, info in holders]
-    assert sorted(claimed) == allowed
-    assert all(info["affinity"] == [info["cpu"]] for _, info in holders)
-    extra, info = start()
-    assert info["cpu"] is None and info["affinity"] == allowed  # every CPU taken: left unpinned
-    extra.communicate("\n", timeout=60)
-    first, first_info = holders[0]
-    first.kill()
-    first.wait(60)
-    again, info = start()
-    assert info["cpu"] == first_info["cpu"]
-    for proc, _ in [(again, info), *holders[1:]]:
-        proc.communicate("\n", timeout=60)
