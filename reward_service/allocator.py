@@ -2,8 +2,8 @@
 
 A reward worker allocates and frees the same few-MB tensors for every sample. With glibc's defaults
 many of them are mmap'ed and unmapped, or trimmed off the heap top, each time, and the kernel faults
-and zeroes the pages in again: about 5,000 page faults and 7 ms of kernel time per 256² sample on
-one core (docs/benchmarks.md). With a fixed 32 MiB mmap threshold (glibc's largest) and no
+and zeroes the pages in again: up to 5,000 page faults and 7 ms of kernel time per 256² sample on
+one core of the dev box, fewer where transparent huge pages are at hand (docs/benchmarks.md). With a fixed 32 MiB mmap threshold (glibc's largest) and no
 trimming, a worker running micro-batches of a few samples faults almost never.
 """
 

@@ -75,7 +75,7 @@ class RewardConfig(BaseModel):
         (docs/benchmarks.md). A GPU needs large batches to be busy."""
         if self.micro_batch is not None:
             return self.micro_batch
-        if self.device == "cpu":
+        if self.device.split(":")[0] == "cpu":
             return max(1, CPU_PIXELS_PER_CALL // (self.res * self.res))
         return CUDA_SAMPLES_PER_CALL
 

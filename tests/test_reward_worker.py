@@ -5,9 +5,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import platform
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -205,38 +202,6 @@ def test_the_deadline_is_also_checked_before_each_reward_chunk(target):
     results = worker.score(ScoreRequest(GRAPH, [0, 1], target, param_sets=[{}, {}], timeout_s=whole / 2))
     assert "reward was computed" in results[0].error and "was executed" in results[1].error
     assert not any(r.ok for r in results)
-
-
-FAULT_COUNT_SCRIPT = """
-import json, resource, sys
-import numpy as np
-from reward_service.config import RewardConfig
-from reward_service.worker import RewardWorker, ScoreRequest
-worker = RewardWorker(RewardConfig(res=128, micro_batch=1, retain_freed_memory=sys.argv[1] == "1"))
-target = (np.random.default_rng(0).random((128, 128, 3)) * 255).astype(np.uint8)
-request = ScoreRequest(structure="lib:red_bricks", seeds=list(range(4)), param_sets=[{}] * 4, target=target)
-worker.score(request)
-worker.score(request)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-ok = all(r.ok for _ in range(4) for r in worker.score(request))
-print(json.dumps({"faults_per_sample": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 16,
-                  "ok": ok, "retains": worker.retains_freed_memory}))
-"""
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="retain_freed_memory tunes glibc's allocator")
-def test_retained_freed_memory_stops_page_faults_in_steady_state():
-    """Each configuration in its own process: the allocator setting is process-wide."""
-    def faults(retain: bool) -> dict:
-        run = subprocess.run([sys.executable, "-c", FAULT_COUNT_SCRIPT, "1" if retain else "0"],
-                             capture_output=True, text=True, timeout=300, check=True)
-        return json.loads(run.stdout.strip().splitlines()[-1])
-
-    retained, default = faults(True), faults(False)
-    assert retained["ok"] and default["ok"]
-    assert retained["retains"] and not default["retains"]
-    assert default["faults_per_sample"] > 500, default
-    assert retained["faults_per_sample"] < default["faults_per_sample"] / 20, (retained, default)
 
 
 def test_samples_per_call_keeps_cpu_calls_at_one_256_squared_sample_unless_set():
