@@ -173,19 +173,21 @@ def start_server(args, address: str, workers: int, reward_config) -> tuple[subpr
     """The service subprocess with the raw scorers' RewardConfig (passed as a YAML file)."""
     import yaml
 
-    config_file = Path(tempfile.mkdtemp(prefix="reward_load_")) / "reward.yaml"
-    config_file.write_text(yaml.safe_dump(reward_config.model_dump(mode="json")))
-    cmd = [sys.executable, "-m", "matrl.cli", "serve-reward", "--port", "0", "--workers", str(workers),
-           "--address", address, "--reward-config", str(config_file), "--chunk-samples", str(max(args.samples, 1))]
-    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
-    deadline = time.monotonic() + 600
-    for line in server.stdout:
-        found = re.search(r"listening on (\S+):(\d+)", line)
-        if found:
-            return server, f"{found.group(1)}:{found.group(2)}"
-        if time.monotonic() > deadline:
-            break
-    server.kill()
+    with tempfile.TemporaryDirectory(prefix="reward_load_") as config_dir:  # read once, at start-up
+        config_file = Path(config_dir) / "reward.yaml"
+        config_file.write_text(yaml.safe_dump(reward_config.model_dump(mode="json")))
+        cmd = [sys.executable, "-m", "matrl.cli", "serve-reward", "--port", "0", "--workers", str(workers),
+               "--address", address, "--reward-config", str(config_file),
+               "--chunk-samples", str(max(args.samples, 1))]
+        server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
+        deadline = time.monotonic() + 600
+        for line in server.stdout:
+            found = re.search(r"listening on (\S+):(\d+)", line)
+            if found:
+                return server, f"{found.group(1)}:{found.group(2)}"
+            if time.monotonic() > deadline:
+                break
+        server.kill()
     raise RuntimeError(f"the reward server did not start: {' '.join(cmd)}")
 
 

@@ -76,17 +76,17 @@ class EncoderConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """Sizes of the policy (`policy.model.PolicyConfig`); the paper's 48/4/4 and 96/4/4 by default."""
+    """Sizes of the policy; defaults are `policy.model.PolicyConfig`'s (the paper's 48/4/4 and 96/4/4)."""
 
-    node_dim: int = 48
-    node_layers: int = 4
-    node_heads: int = 4
-    dim: int = 96
-    layers: int = 4
-    heads: int = 4
-    mlp_ratio: int = 4
-    max_slots: int = 2048
-    dropout: float = 0.0
+    node_dim: int = PolicyConfig.node_dim
+    node_layers: int = PolicyConfig.node_layers
+    node_heads: int = PolicyConfig.node_heads
+    dim: int = PolicyConfig.dim
+    layers: int = PolicyConfig.layers
+    heads: int = PolicyConfig.heads
+    mlp_ratio: int = PolicyConfig.mlp_ratio
+    max_slots: int = PolicyConfig.max_slots
+    dropout: float = PolicyConfig.dropout
 
 
 class OptimConfig(_Strict):
