@@ -91,7 +91,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def config_overrides(args: argparse.Namespace, workers: int, out_dir: Path, data: Path) -> dict:
     """Dotted config keys of one run: --set, then the keys the benchmark controls."""
-    from matrl.commands.pretrain import parse_override
+    from matrl.config import parse_override
 
     overrides = dict(parse_override(text) for text in args.set)
     for key in overrides.keys() & CONTROLLED_KEYS.keys():
@@ -143,9 +143,9 @@ def check_resources(args: argparse.Namespace, cpus_per_worker: int) -> None:
 
 def build_config(args: argparse.Namespace, workers: int, run_dir: Path, data: Path):
     from learner.pretrain import PretrainConfig
-    from matrl.commands.pretrain import config_path
+    from matrl.config import load_config
 
-    return PretrainConfig.from_yaml(config_path(args.config), **config_overrides(args, workers, run_dir, data))
+    return load_config(PretrainConfig, "pretrain", args.config, config_overrides(args, workers, run_dir, data))
 
 
 def run_workers(args: argparse.Namespace, workers: int, out: Path, data: Path) -> WorkerRun:

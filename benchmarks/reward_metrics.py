@@ -21,7 +21,7 @@ import torch
 
 from graph_executor.library import library_names, load_library_graph
 from graph_executor.sampling import sample_parameters
-from matrl.pretrained import load_efficientnet_lite0
+from policy.pretrained import load_efficientnet_lite0
 from reward_service.backbones import Backbone, EfficientNetLite0Stages, VGG19PoolStages
 from reward_service.config import MetricConfig, RewardConfig
 from reward_service.metrics import AppearanceMetric

@@ -26,7 +26,7 @@ import torch
 from graph_executor.executor import Plan
 from graph_executor.ir import Graph, parse_graph
 from graph_executor.render import render_flash
-from graph_executor.schema import load_node_library
+from graph_executor.registry import load_node_library
 from policy.batching import collate
 from policy.encoders import EfficientNetLite0Encoder
 from policy.model import MaterialPolicy, PolicyConfig

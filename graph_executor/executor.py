@@ -12,7 +12,7 @@ import torch
 from graph_executor.compiled import compiled
 from graph_executor.errors import GraphError
 from graph_executor.ir import OUTPUT_PORTS, Graph
-from graph_executor.schema import NodeSpec, ParamKind, ParamSpec, PortKind
+from graph_executor.schema import NodeContext, NodeSpec, ParamKind, ParamSpec, PortKind
 
 ParamTensors = dict[str, dict[str, torch.Tensor]]
 SUPPORTED_RES = tuple(2**k for k in range(6, 12))
@@ -37,27 +37,6 @@ class MaterialMaps:
         for _, t in self.items():
             ok &= torch.isfinite(t).flatten(1).all(1)
         return ok
-
-
-@dataclass
-class NodeContext:
-    """What a node function may know besides its inputs and parameters."""
-
-    res: int
-    batch: int
-    device: torch.device
-    seed: torch.Tensor  # (B,) int64: run seed mixed with the node's name; nodes mix in their own seed
-    cache: dict
-
-    @torch.compiler.disable  # per-run cache: kept out of compiled graphs so guards never see it
-    def coords(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pixel-centre coordinates in [0,1), each (1,1,H,W); x grows right, y grows down."""
-        key = ("coords", self.res, self.device)
-        if key not in self.cache:
-            t = (torch.arange(self.res, device=self.device, dtype=torch.float32) + 0.5) / self.res
-            self.cache[key] = (t.view(1, 1, 1, -1).expand(1, 1, self.res, self.res),
-                               t.view(1, 1, -1, 1).expand(1, 1, self.res, self.res))
-        return self.cache[key]
 
 
 def _to_port(x: torch.Tensor, kind: PortKind) -> torch.Tensor:

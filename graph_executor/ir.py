@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from graph_executor.errors import GraphError
-from graph_executor.schema import NodeSpec, node_type
+from graph_executor.schema import NodeSpec
+from graph_executor.registry import node_type
 
 FORMAT = "matrl.graph/1"
 MAX_NODES = 256

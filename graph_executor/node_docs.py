@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from graph_executor.schema import NodeSpec, ParamKind, ParamSpec, load_node_library
+from graph_executor.schema import NodeSpec, ParamKind, ParamSpec
+from graph_executor.registry import load_node_library
 
 
 def _range(p: ParamSpec) -> str:

@@ -17,7 +17,8 @@ from typing import Any
 from graph_executor.degeneracy import graph_degeneracy
 from graph_executor.errors import GraphError
 from graph_executor.ir import Graph, parse_graph
-from graph_executor.schema import NodeSpec, ParamKind, ParamSpec, PortKind, load_node_library
+from graph_executor.schema import NodeSpec, ParamKind, ParamSpec, PortKind
+from graph_executor.registry import load_node_library
 
 SAFE_BLEND_MODES = ("copy", "add", "multiply", "screen", "overlay", "darken", "lighten", "soft_light")
 # Wired explicitly (or not suited to random wiring), so never drawn as generic steps.

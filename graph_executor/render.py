@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from graph_executor.executor import MaterialMaps
-from graph_executor.nodes._common import normalize_channels
+from graph_executor.ops import normalize_channels
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,31 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable
 
+import torch
+
 from graph_executor.errors import GraphError
+
+
+@dataclass
+class NodeContext:
+    """What a node function may know besides its inputs and parameters (the node-function contract;
+    built by the executor for every step)."""
+
+    res: int
+    batch: int
+    device: torch.device
+    seed: torch.Tensor  # (B,) int64: run seed mixed with the node's name; nodes mix in their own seed
+    cache: dict
+
+    @torch.compiler.disable  # per-run cache: kept out of compiled graphs so guards never see it
+    def coords(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixel-centre coordinates in [0,1), each (1,1,H,W); x grows right, y grows down."""
+        key = ("coords", self.res, self.device)
+        if key not in self.cache:
+            t = (torch.arange(self.res, device=self.device, dtype=torch.float32) + 0.5) / self.res
+            self.cache[key] = (t.view(1, 1, 1, -1).expand(1, 1, self.res, self.res),
+                               t.view(1, 1, -1, 1).expand(1, 1, self.res, self.res))
+        return self.cache[key]
 
 
 class ParamKind(str, Enum):
@@ -161,18 +185,3 @@ def node(type: str, category: str, *, inputs: dict[str, str] | None = None,
         return fn
 
     return register
-
-
-def node_type(type: str, node_name: str | None = None) -> NodeSpec:
-    load_node_library()
-    try:
-        return NODE_TYPES[type]
-    except KeyError:
-        raise GraphError(f"unknown node type {type!r}", node_name) from None
-
-
-def load_node_library() -> dict[str, NodeSpec]:
-    """Import the node modules (they register themselves) and return the registry."""
-    import graph_executor.nodes  # noqa: F401  (registration side effect)
-
-    return NODE_TYPES

@@ -35,11 +35,11 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from learner.checkpoint import (epoch_dir, latest_checkpoint, load_policy, load_trainer_state, rng_state,
+from policy.checkpoint import (epoch_dir, latest_checkpoint, load_policy, load_trainer_state, rng_state,
                                 save_checkpoint, set_rng_state)
 from learner.dataset import StreamingSyntheticDataset, SyntheticDataset, load_graphs
 from policy.batching import PolicyBatch, collate
-from policy.encoders import EfficientNetLite0Encoder, ImageEncoder, OpenClipEncoder
+from policy.encoders import EncoderConfig  # noqa: F401  (part of the pre-training config)
 from policy.model import MaterialPolicy, PolicyConfig
 from policy.tokenizer import GraphTokenizer, Vocabulary
 
@@ -56,23 +56,6 @@ class DataConfig(_Strict):
     max_val_samples: int | None = Field(None, gt=0)
     streaming: bool = Field(False, description="stream training shards instead of holding the split in memory")
     shuffle_buffer: int = Field(2048, gt=0, description="rows mixed across shards when streaming")
-
-
-class EncoderConfig(_Strict):
-    """The frozen image encoder: offline EfficientNet-Lite0, or an open_clip vision tower."""
-
-    name: Literal["efficientnet_lite0", "open_clip"] = "efficientnet_lite0"
-    open_clip_model: str | None = Field(None, description="open_clip model name, e.g. ViT-B-32")
-    pretrained: str | None = Field(None, description="open_clip tag or local checkpoint; EffNet weights file")
-    cache_tokens: bool = Field(True, description="encode every image once (the encoder is frozen)")
-    batch_size: int = Field(64, gt=0)
-
-    def build(self) -> ImageEncoder:
-        if self.name == "efficientnet_lite0":
-            return EfficientNetLite0Encoder(self.pretrained)
-        if not self.open_clip_model:
-            raise ValueError("encoder.name 'open_clip' needs encoder.open_clip_model")
-        return OpenClipEncoder(self.open_clip_model, self.pretrained)
 
 
 class ModelConfig(_Strict):
@@ -128,18 +111,6 @@ class PretrainConfig(_Strict):
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     distributed: DistributedConfig = DistributedConfig()
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> "PretrainConfig":
-        """Load a YAML config; `overrides` are dotted keys (`train.epochs=3`) applied on top."""
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        for key, value in overrides.items():
-            node = data
-            *parents, leaf = key.split(".")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = value
-        return cls.model_validate(data)
 
 
 @dataclass

@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from graph_executor.sampling import sample_parameters
-from learner.checkpoint import load_policy
+from policy.checkpoint import load_policy
 from learner.dataset import SyntheticDataset, decode_png, load_graphs, load_manifest
-from learner.pretrain import EncoderConfig
+from policy.encoders import EncoderConfig
 from policy.batching import collate
 from policy.sampler import Sampler, SamplingConfig
 from policy.tokenizer import GraphTokenizer, Vocabulary

@@ -10,14 +10,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from matrl.pretrained import WeightsUnavailable, imagenet_effnet_input, load_efficientnet_lite0
+from policy.pretrained import WeightsUnavailable, imagenet_effnet_input, load_efficientnet_lite0
 
-__all__ = ["EncodedImage", "ImageEncoder", "EfficientNetLite0Encoder", "OpenClipEncoder", "WeightsUnavailable"]
+__all__ = ["EncodedImage", "EncoderConfig", "ImageEncoder", "EfficientNetLite0Encoder", "OpenClipEncoder",
+           "WeightsUnavailable"]
 
 log = logging.getLogger(__name__)
 
@@ -153,3 +156,23 @@ def _checkpoint_or_tag(open_clip, model_name: str, pretrained: str | Path) -> st
         raise WeightsUnavailable(f"open_clip checkpoint not found: {text}")
     raise WeightsUnavailable(f"{text!r} is neither a checkpoint file nor a pretrained tag of {model_name!r} "
                              f"(tags: {open_clip.list_pretrained_tags_by_model(model_name)})")
+
+
+class EncoderConfig(BaseModel):
+    """The frozen image encoder: offline EfficientNet-Lite0, or an open_clip vision tower. Stored in
+    every checkpoint (`policy.checkpoint`), so whoever loads a policy builds the encoder it was trained with."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["efficientnet_lite0", "open_clip"] = "efficientnet_lite0"
+    open_clip_model: str | None = Field(None, description="open_clip model name, e.g. ViT-B-32")
+    pretrained: str | None = Field(None, description="open_clip tag or local checkpoint; EffNet weights file")
+    cache_tokens: bool = Field(True, description="encode every image once (the encoder is frozen)")
+    batch_size: int = Field(64, gt=0)
+
+    def build(self) -> ImageEncoder:
+        if self.name == "efficientnet_lite0":
+            return EfficientNetLite0Encoder(self.pretrained)
+        if not self.open_clip_model:
+            raise ValueError("encoder.name 'open_clip' needs encoder.open_clip_model")
+        return OpenClipEncoder(self.open_clip_model, self.pretrained)

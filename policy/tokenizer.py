@@ -35,7 +35,8 @@ import torch
 
 from graph_executor.errors import GraphError
 from graph_executor.ir import Graph
-from graph_executor.schema import ParamKind, ParamSpec, load_node_library
+from graph_executor.schema import ParamKind, ParamSpec
+from graph_executor.registry import load_node_library
 
 VALUE_BINS = 128
 PAD_ID = 0

@@ -1,9 +1,7 @@
-"""Appearance reward (paper Eq. 5–6): metrics on pretrained CNN features, and the RewardWorker that
-executes, renders and scores batches of parameter sets."""
+"""The appearance reward as a service (paper Eq. 5-6).
 
-from reward_service.config import MetricConfig, RewardConfig
-from reward_service.metrics import AppearanceMetric, Descriptor, gram
-from reward_service.worker import RequestError, RewardWorker, ScoreRequest, ScoreResult
-
-__all__ = ["AppearanceMetric", "Descriptor", "MetricConfig", "RequestError", "RewardConfig", "RewardWorker",
-           "ScoreRequest", "ScoreResult", "gram"]
+`api` (types shared by client and server), `config`, `metrics`/`backbones` (Gram + L*a*b* on
+pretrained CNN features), `worker` (execute, render, score), `pool` (Ray actors), `server` and
+`client` (gRPC + Arrow). Import the module you need: this package's `__init__` imports nothing, so
+that `reward_service.client` stays free of torch and Ray.
+"""

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 
-from reward_service.worker import LIBRARY_PREFIX, ScoreRequest, ScoreResult
+from reward_service.api import LIBRARY_PREFIX, ScoreRequest, ScoreResult
 
 _GRAPH = pa.dictionary(pa.int32(), pa.string())
 _TARGET_IMAGE = pa.dictionary(pa.int32(), pa.binary())

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from matrl.pretrained import VGG19_POOL_INDICES, build_vgg19_avgpool, load_efficientnet_lite0
+from policy.pretrained import VGG19_POOL_INDICES, build_vgg19_avgpool, load_efficientnet_lite0
 
 EFFNET_STAGE_CHANNELS = (16, 24, 40, 112, 320)
 VGG19_STAGE_CHANNELS = (64, 128, 256, 512, 512)

@@ -21,8 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from reward_service.arrow_codec import decode_response, encode_request
 from reward_service.proto import reward_pb2, reward_pb2_grpc
-from reward_service.server import DEFAULT_MAX_MESSAGE_BYTES, SERVICE_NAME, read_token
-from reward_service.worker import ScoreRequest, ScoreResult
+from reward_service.api import DEFAULT_MAX_MESSAGE_BYTES, SERVICE_NAME, ScoreRequest, ScoreResult, read_token
 
 class RewardServiceError(RuntimeError):
     """A request the service refused or could not finish: gRPC status code and message."""

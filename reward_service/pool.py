@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray.exceptions import ActorUnavailableError, RayActorError
 
 from reward_service.config import RewardConfig
-from reward_service.worker import RewardWorker, ScoreRequest, ScoreResult
+from reward_service.api import ScoreRequest, ScoreResult
+from reward_service.worker import RewardWorker
 
 log = logging.getLogger(__name__)
 

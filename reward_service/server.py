@@ -26,13 +26,11 @@ from graph_executor.library import library_names
 from reward_service.arrow_codec import PayloadError, SampleGroup, decode_request, encode_response
 from reward_service.pool import PoolUnavailable, RewardPool, UnknownTarget, WorkerCrashed
 from reward_service.proto import reward_pb2, reward_pb2_grpc
-from reward_service.worker import RequestError
+from reward_service.api import (DEFAULT_MAX_MESSAGE_BYTES, HEALTH_PREFIX, SERVICE_NAME, RequestError,  # noqa: F401
+                                 read_token)
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = reward_pb2.DESCRIPTOR.services_by_name["RewardService"].full_name
-HEALTH_PREFIX = "/grpc.health.v1.Health/"
-DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 
 
 def is_loopback(host: str) -> bool:
@@ -71,13 +69,6 @@ class ServerConfig(BaseModel):
     @property
     def tls(self) -> bool:
         return self.tls_cert is not None
-
-
-def read_token(path: str | Path) -> str:
-    token = Path(path).read_text(encoding="utf-8").strip()
-    if not token:
-        raise ValueError(f"token file {path} is empty")
-    return token
 
 
 class RpcFailure(Exception):

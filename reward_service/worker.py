@@ -12,8 +12,8 @@ import hashlib
 import io
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any, Mapping, Union
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -23,48 +23,9 @@ from graph_executor.executor import Plan
 from graph_executor.ir import Graph, loads_graph
 from graph_executor.render import render_flash
 from reward_service.allocator import retain_freed_memory
+from reward_service.api import LIBRARY_PREFIX, RequestError, ScoreRequest, ScoreResult, TargetImage
 from reward_service.config import RewardConfig
 from reward_service.metrics import AppearanceMetric, Descriptor
-
-LIBRARY_PREFIX = "lib:"
-TargetImage = Union[np.ndarray, torch.Tensor, bytes, str]
-
-
-class RequestError(ValueError):
-    """The request itself is malformed (not one of its samples); names the culprit field."""
-
-
-@dataclass
-class ScoreRequest:
-    """One graph structure, N samples (parameter sets or token lists) with their seeds, one target.
-
-    structure: graph JSON text, or "lib:<name>" for a bundled library graph.
-    param_sets: per sample {node: {param: value}} overrides (missing values: the graph's), or
-    tokens: per sample a token list decoded by policy.tokenizer.GraphTokenizer. Exactly one of the two.
-    target: HxWx3 (or HxW, HxWx4) uint8 / float-in-[0,1] array or tensor, encoded PNG/JPEG bytes,
-    or a key of an image put into the worker's target store.
-    """
-
-    structure: str
-    seeds: list[int]
-    target: TargetImage
-    param_sets: list[dict] | None = None
-    tokens: list[list[int]] | None = None
-    request_id: str = ""
-    timeout_s: float | None = None
-
-    def __len__(self) -> int:
-        return len(self.seeds)
-
-
-@dataclass
-class ScoreResult:
-    reward: float
-    terms: dict[str, float] = field(default_factory=dict)
-    ok: bool = True
-    error: str = ""
-    timings: dict[str, float] = field(default_factory=dict)
-
 
 @dataclass
 class _Compiled:

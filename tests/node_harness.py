@@ -8,7 +8,8 @@ import torch
 
 from graph_executor.executor import NodeContext, _value_tensor
 from graph_executor.nodes._common import fbm, perlin
-from graph_executor.schema import PortKind, load_node_library
+from graph_executor.schema import PortKind
+from graph_executor.registry import load_node_library
 
 
 def node_types() -> list[str]:

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from graph_executor.schema import PortKind, load_node_library
+from graph_executor.schema import PortKind
+from graph_executor.registry import load_node_library
 from tests.node_harness import node_types, random_params, run_node, seam_ratio, tileable_input
 
 B = 3

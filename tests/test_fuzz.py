@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from graph_executor.errors import GraphError
 from graph_executor.executor import Plan
 from graph_executor.ir import loads_graph, parse_graph
-from graph_executor.schema import load_node_library
+from graph_executor.registry import load_node_library
 from tests.test_ir import BASE
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from graph_executor.node_docs import nodes_markdown
-from graph_executor.schema import load_node_library
+from graph_executor.registry import load_node_library
 from matrl.cli import main
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "nodes.md"

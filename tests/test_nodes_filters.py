@@ -12,7 +12,8 @@ from graph_executor.executor import NodeContext, Plan
 from graph_executor.ir import parse_graph
 from graph_executor.nodes._common import gaussian_blur, luminance
 from graph_executor.nodes.filters import BLEND_MODES
-from graph_executor.schema import ParamKind, PortKind, load_node_library, node_type
+from graph_executor.schema import ParamKind, PortKind
+from graph_executor.registry import load_node_library, node_type
 
 RES = 64
 B = 4

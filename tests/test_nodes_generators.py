@@ -10,7 +10,8 @@ import torch
 from graph_executor.executor import NodeContext, Plan
 from graph_executor.ir import parse_graph
 from graph_executor.nodes._cells import CellGrid, cell_random, cellular_features
-from graph_executor.schema import ParamKind, load_node_library
+from graph_executor.schema import ParamKind
+from graph_executor.registry import load_node_library
 
 NOISES = ("perlin_fbm", "value_fbm", "ridged_fbm", "clouds", "anisotropic_noise", "worley", "voronoi_cells",
           "white_noise", "scratches")

@@ -9,12 +9,12 @@ import shutil
 import pytest
 import torch
 
-from learner.checkpoint import (CheckpointError, latest_checkpoint, load_policy, load_trainer_state,
+from policy.checkpoint import (CheckpointError, latest_checkpoint, load_policy, load_trainer_state,
                                 read_checkpoint_info, save_checkpoint)
 from learner.datagen import GenDataConfig, collect_graphs, generate
 from learner.pretrain import Pretrainer, PretrainConfig, WorkerContext, warmup_cosine
 from matrl.cli import main
-from matrl.commands.pretrain import config_path
+from matrl.config import load_config
 from policy.batching import collate
 from policy.model import MaterialPolicy, PolicyConfig
 from policy.tokenizer import GraphTokenizer, Vocabulary
@@ -36,7 +36,7 @@ def dataset(tmp_path_factory):
 
 
 def tiny_config(dataset, out_dir, **overrides) -> PretrainConfig:
-    return PretrainConfig.from_yaml(config_path("tiny"), **{"data.root": str(dataset), "out_dir": str(out_dir),
+    return load_config(PretrainConfig, "pretrain", "tiny", {"data.root": str(dataset), "out_dir": str(out_dir),
                                                             **overrides})
 
 
@@ -148,10 +148,10 @@ def test_bad_pretrain_requests_name_the_culprit(dataset, tmp_path, capsys):
     assert "not a dataset directory" in capsys.readouterr().err
     assert main(["pretrain", "--config", "tiny", "--data", str(dataset), "--set", "optim.lr=-1"]) == 2
     assert "optim.lr" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="Extra inputs"):
+    with pytest.raises(ValueError, match="train.epoch: unknown key"):
         tiny_config(dataset, tmp_path, **{"train.epoch": 3})
     assert main(["pretrain", "--config", "nonexistent-preset"]) == 2
-    assert "neither a file nor a bundled preset" in capsys.readouterr().err
+    assert "neither a file nor a bundled pretrain preset (default, tiny)" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from benchmarks.pretrain_ddp import WorkerRun, config_overrides, format_table, m
 from learner.datagen import GenDataConfig, collect_graphs, generate
 from learner.dataset import read_split
 from learner.pretrain import EpochMetrics, Pretrainer, PretrainConfig
-from matrl.commands.pretrain import config_path
+from matrl.config import load_config
 from tests.test_dataset import write_graphs
 from tests.test_pretrain import GRAPHS
 
@@ -77,7 +77,7 @@ def small_dataset(tmp_path_factory):
 def test_an_epoch_counts_its_training_rows_and_logs_samples_per_second(small_dataset, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    config = PretrainConfig.from_yaml(config_path("tiny"), **{
+    config = load_config(PretrainConfig, "pretrain", "tiny", {
         "data.root": str(small_dataset), "out_dir": str(tmp_path / "run"), "train.epochs": 1,
         "data.max_train_samples": 20, "data.max_val_samples": 4})
     [metrics] = Pretrainer(config).fit()

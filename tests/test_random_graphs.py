@@ -7,7 +7,7 @@ from graph_executor.errors import GraphError
 from graph_executor.ir import loads_graph
 from graph_executor.random_graphs import RandomGraphConfig, random_graph, random_graphs
 from graph_executor.sampling import predicted_parameters, sample_parameters
-from graph_executor.schema import load_node_library
+from graph_executor.registry import load_node_library
 
 SEEDS = range(20)
 

@@ -12,7 +12,7 @@ from PIL import Image
 from graph_executor.executor import execute
 from graph_executor.ir import parse_graph
 from graph_executor.render import render_flash
-from matrl.pretrained import WeightsUnavailable, build_vgg19_avgpool, load_efficientnet_lite0
+from policy.pretrained import WeightsUnavailable, build_vgg19_avgpool, load_efficientnet_lite0
 from reward_service.backbones import VGG19PoolStages, build_backbone, fold_batchnorm
 from reward_service.config import MetricConfig
 from reward_service.metrics import AppearanceMetric, gram

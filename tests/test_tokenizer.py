@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from graph_executor.errors import GraphError
 from graph_executor.executor import Plan
 from graph_executor.ir import parse_graph
-from graph_executor.schema import P, ParamKind, load_node_library
+from graph_executor.schema import P, ParamKind
+from graph_executor.registry import load_node_library
 from policy.tokenizer import (REL_ANCESTOR, REL_CONSUMER, REL_DESCENDANT, REL_INPUT, REL_SELF, REL_UNRELATED,
                               VALUE_BINS, GraphTokenizer, Vocabulary, dequantise, quantise, valid_token_count)
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO / "tools"))
 
 from graph_executor.errors import GraphError  # noqa: E402
 from graph_executor.ir import FORMAT, Graph, parse_graph  # noqa: E402
-from graph_executor.schema import load_node_library  # noqa: E402
+from graph_executor.registry import load_node_library  # noqa: E402
 
 LIBRARY_DIR = REPO / "graph_executor" / "library"
 

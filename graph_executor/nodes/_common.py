@@ -11,7 +11,8 @@ import math
 
 import torch
 
-from graph_executor.executor import NodeContext
+from graph_executor.ops import normalize_channels  # noqa: F401  (re-exported for the nodes)
+from graph_executor.schema import NodeContext
 
 M32 = 0xFFFFFFFF
 
@@ -259,12 +260,6 @@ def gradients(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     dx = (torch.roll(img, -1, dims=-1) - torch.roll(img, 1, dims=-1)) * 0.5
     dy = (torch.roll(img, -1, dims=-2) - torch.roll(img, 1, dims=-2)) * 0.5
     return dx, dy
-
-
-def normalize_channels(v: torch.Tensor) -> torch.Tensor:
-    """Unit vectors along dim 1; written out because linalg.norm over a 3-wide dim is very slow on CPU."""
-    x, y, z = v[:, 0:1], v[:, 1:2], v[:, 2:3]
-    return v * torch.rsqrt((x * x + y * y + z * z).clamp(min=1e-12))
 
 
 def luminance(img: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from matrl.demo import DemoConfig, run_demo
+    from matrl.jobs.demo import DemoConfig, run_demo
 
     run_demo(DemoConfig(out=args.out, per_graph=args.per_graph, res=args.res, epochs=args.epochs,
                         reward_workers=args.reward_workers, generated=args.generated, num_cpus=args.num_cpus))

@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _list(args) -> int:
-    from graph_executor.schema import load_node_library
+    from graph_executor.registry import load_node_library
 
     for name, spec in sorted(load_node_library().items()):
         print(f"{name:24s} {spec.category:8s} {len(spec.params):2d} params  {spec.doc}")

@@ -4,28 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from importlib import resources
 from pathlib import Path
 
-import yaml
-
-
-def config_path(ref: str) -> Path:
-    """A YAML file path, or the name of a bundled preset (`tiny` -> matrl/configs/pretrain_tiny.yaml)."""
-    path = Path(ref)
-    if path.is_file():
-        return path
-    bundled = resources.files("matrl") / "configs" / f"pretrain_{ref}.yaml"
-    if bundled.is_file():
-        return Path(str(bundled))
-    raise FileNotFoundError(f"--config {ref!r} is neither a file nor a bundled preset (tiny, default)")
-
-
-def parse_override(text: str) -> tuple[str, object]:
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise ValueError(f"--set {text!r} must read section.key=value")
-    return key, yaml.safe_load(raw)
+from matrl.config import ConfigError, load_config, parse_overrides
 
 
 def print_epoch(m: dict) -> None:
@@ -55,12 +36,12 @@ def run(args: argparse.Namespace) -> int:
     from learner.pretrain import Pretrainer, PretrainConfig, WorkerContext, resolve_device
 
     try:
-        overrides = dict(parse_override(text) for text in args.set)
+        overrides = parse_overrides(args.set)
         for key, value in (("data.root", args.data), ("out_dir", args.out), ("train.epochs", args.epochs),
                            ("distributed.num_workers", args.workers)):
             if value is not None:
                 overrides[key] = str(value) if isinstance(value, Path) else value
-        config = PretrainConfig.from_yaml(config_path(args.config), **overrides)
+        config = load_config(PretrainConfig, "pretrain", args.config, overrides)
         if args.ray:
             from learner.pretrain_ray import pretrain_on_ray
 
@@ -71,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
             context = WorkerContext(device=resolve_device(config.train.device),
                                     report=lambda metrics, checkpoint: print_epoch(metrics))
             history = Pretrainer(config, context).fit()
-    except (ValueError, FileNotFoundError) as exc:  # pydantic's, dataset and checkpoint errors are ValueErrors
+    except (ConfigError, ValueError, FileNotFoundError) as exc:  # dataset and checkpoint errors are ValueErrors
         print(f"pretrain: {exc}", file=sys.stderr)
         return 2
     if not history:

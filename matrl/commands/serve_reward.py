@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 from pathlib import Path
 
 import yaml
@@ -66,26 +65,6 @@ def _message(err: Exception) -> str:
     return str(err)
 
 
-async def serve(reward_config, pool_config, server_config) -> None:
-    from reward_service.pool import RewardPool
-    from reward_service.server import RewardServer
-
-    pool = RewardPool(reward_config, pool_config)
-    await pool.start()
-    server = RewardServer(pool, server_config)
-    port = await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"reward service listening on {server_config.host}:{port} (workers={pool_config.workers}, "
-          f"tls={'on' if server_config.tls else 'off'}, auth={'token' if server_config.token_file else 'off'})",
-          flush=True)
-    await stop.wait()
-    await server.stop(5.0)
-    await pool.close()
-
-
 def run(args, parser: argparse.ArgumentParser) -> int:
     try:
         configs = build_configs(args)
@@ -94,10 +73,10 @@ def run(args, parser: argparse.ArgumentParser) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import ray
 
-    if args.address:
-        ray.init(address=args.address)
-    else:
-        ray.init(num_cpus=max(args.workers, os.cpu_count() or 1), include_dashboard=False)
+    from matrl.jobs.ray_runtime import init_ray
+    from matrl.jobs.reward import serve
+
+    init_ray(args.address, num_cpus=max(args.workers, os.cpu_count() or 1))
     try:
         asyncio.run(serve(*configs))
     finally:

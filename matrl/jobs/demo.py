@@ -10,13 +10,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import ray
 from pydantic import BaseModel, ConfigDict, Field
 
 from graph_executor.library import library_graphs
-
-TINY_PRETRAIN = Path(__file__).parent / "configs" / "pretrain_tiny.yaml"
-
+from matrl.config import load_config
 
 class DemoConfig(BaseModel):
     """Sizes of the demo run; the defaults finish in a few minutes on two CPU cores."""
@@ -50,19 +47,20 @@ def pick_graphs(config: DemoConfig) -> dict:
 
 def run_demo(config: DemoConfig) -> Path:
     """Run every stage; returns the path of the report."""
-    from learner.checkpoint import latest_checkpoint
+    from policy.checkpoint import latest_checkpoint
     from learner.datagen import GenDataConfig, generate
     from learner.pretrain import PretrainConfig, Pretrainer
     from learner.pretrain_eval import evaluate_checkpoint, format_report
     from reward_service.client import RewardClient
     from reward_service.config import RewardConfig
-    from reward_service.pool import PoolConfig, RewardPool
-    from reward_service.server import BackgroundServer
+    from reward_service.pool import PoolConfig
+
+    from matrl.jobs.ray_runtime import init_ray
+    from matrl.jobs.reward import start_background
 
     started = time.perf_counter()
     config.out.mkdir(parents=True, exist_ok=True)
-    if not ray.is_initialized():
-        ray.init(num_cpus=config.num_cpus, include_dashboard=False, log_to_driver=False)
+    init_ray(num_cpus=config.num_cpus, log_to_driver=False)
     data_dir = config.out / "data"
     graphs = pick_graphs(config)
     print(f"[1/4] gen-data: {len(graphs)} structures x {config.per_graph} samples at {config.res}²")
@@ -70,15 +68,15 @@ def run_demo(config: DemoConfig) -> Path:
                        graphs, use_ray=True)
 
     print(f"[2/4] pretrain: {config.epochs} epochs of the tiny policy on CPU")
-    pretrain_config = PretrainConfig.from_yaml(TINY_PRETRAIN, **{
+    pretrain_config = load_config(PretrainConfig, "pretrain", "tiny", {
         "out_dir": str(config.out / "pretrain"), "data.root": str(data_dir), "train.epochs": config.epochs,
         "train.seed": config.seed, "train.torch_threads": 1})
     history = Pretrainer(pretrain_config).fit()
     checkpoint = latest_checkpoint(config.out / "pretrain" / "checkpoints")
 
     print(f"[3/4] reward service: {config.reward_workers} Ray workers behind gRPC on 127.0.0.1")
-    server = BackgroundServer(RewardPool(RewardConfig(res=config.res), PoolConfig(workers=config.reward_workers)))
-    port = server.start(timeout_s=600)
+    server = start_background(RewardConfig(res=config.res), PoolConfig(workers=config.reward_workers))
+    port = server.server.port
     try:
         with RewardClient(f"127.0.0.1:{port}") as client:
             print("[4/4] evaluate greedy predictions on held-out structures through the service")
