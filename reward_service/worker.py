@@ -249,6 +249,14 @@ class RewardWorker:
         timings["reward"] = time.perf_counter() - t
         return self._finish(results, timings, start, n)
 
+    def score_many(self, requests: list[ScoreRequest], timeout_s: float | None = None) -> list[list[ScoreResult]]:
+        """Several requests one after the other (the in-process twin of `RewardClient.score_many`)."""
+        import dataclasses
+
+        if timeout_s is not None:
+            requests = [dataclasses.replace(r, timeout_s=timeout_s) if r.timeout_s is None else r for r in requests]
+        return [self.score(r) for r in requests]
+
     def _render_chunk(self, plan: Plan, chunk: list[int], overrides: Mapping[int, dict], seeds: list[int],
                       fail, timings: dict) -> dict[int, torch.Tensor]:
         """Execute and render a chunk as one batch; on an exception, retry its samples one by one
