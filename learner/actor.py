@@ -39,9 +39,10 @@ def update_generator(seed: int, iteration: int) -> torch.Generator:
 
 class Learner:
     def __init__(self, init: str | Path, ppo: PPOConfig = PPOConfig(), device: str = "auto",
-                 torch_threads: int | None = None, resume: str | Path | None = None):
+                 torch_threads: int | None = None, resume: str | Path | None = None, seed: int = 0):
         if torch_threads is not None:
             torch.set_num_threads(torch_threads)
+        torch.manual_seed(seed)  # the value head's fresh weights are a function of the job seed
         self.device = resolve_device(device)
         policy, info = load_policy(resume or init, self.device)
         self.encoder = info.encoder
@@ -80,8 +81,8 @@ class LearnerShell:
     """Ray actor body. Takes rows from the buffer actor (or a local `ReplayBuffer`) itself."""
 
     def __init__(self, init: str, ppo: PPOConfig, buffer, device: str = "auto", torch_threads: int | None = None,
-                 resume: str | None = None):
-        self.learner = Learner(init, ppo, device, torch_threads, resume)
+                 resume: str | None = None, seed: int = 0):
+        self.learner = Learner(init, ppo, device, torch_threads, resume, seed)
         self.buffer = buffer
 
     def ready(self) -> dict:

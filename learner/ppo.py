@@ -79,7 +79,7 @@ def kl_shaped_rewards(final_reward: torch.Tensor, logp: torch.Tensor, ref_logp: 
                       mask: torch.Tensor, kl_coeff: float) -> torch.Tensor:
     """Per-token rewards (B, S): -kl_coeff*(logp - ref_logp) at every real slot, plus the final
     (appearance) reward at each sequence's last real slot."""
-    rewards = -kl_coeff * (logp - ref_logp) * mask
+    rewards = torch.where(mask, -kl_coeff * (logp - ref_logp), torch.zeros_like(logp))
     last = (mask.sum(1) - 1).clamp(min=0)
     has_slots = mask.any(1)
     rewards[torch.arange(rewards.shape[0], device=rewards.device)[has_slots], last[has_slots]] += final_reward[has_slots]
@@ -141,9 +141,10 @@ def ppo_loss(new_logp: torch.Tensor, entropy: torch.Tensor, values: torch.Tensor
     """The clipped surrogate, clipped value loss and entropy bonus of one minibatch (see module doc)."""
     maskf = mask.float()
     adv = masked_whiten(advantages, maskf) if config.normalize_advantages else advantages
-    log_ratio = (new_logp - old_logp) * maskf
+    log_ratio = torch.where(mask, new_logp - old_logp, torch.zeros_like(new_logp))
     ratio = log_ratio.exp()
-    weight = (old_logp - behaviour_logp).exp().clamp(max=config.importance_cap).detach()
+    weight = torch.where(mask, old_logp - behaviour_logp, torch.zeros_like(old_logp)).exp()
+    weight = weight.clamp(max=config.importance_cap).detach()
     surrogate = torch.max(-adv * ratio, -adv * ratio.clamp(1 - config.clip, 1 + config.clip))
     policy_loss = masked_mean(weight * surrogate, maskf)
     v_clipped = old_values + (values - old_values).clamp(-config.value_clip, config.value_clip)

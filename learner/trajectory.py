@@ -149,8 +149,15 @@ def to_record_batch(trajectories: Sequence[Trajectory]) -> pa.RecordBatch:
 def check_batch(batch: pa.RecordBatch | pa.Table) -> None:
     """Schema and per-row consistency (token, log-prob and mask lengths agree; tokens admitted)."""
     if batch.schema.remove_metadata() != TRAJECTORY_SCHEMA:
-        raise TrajectoryError(f"not a trajectory batch: schema {batch.schema.remove_metadata()} "
-                              f"differs from TRAJECTORY_SCHEMA")
+        have = {f.name: f for f in batch.schema}
+        problems = [f"missing column {f.name!r}" for f in TRAJECTORY_SCHEMA if f.name not in have]
+        problems += [f"column {f.name!r} is {have[f.name].type}{'' if have[f.name].nullable else ' not null'}, "
+                     f"expected {f.type}{'' if f.nullable else ' not null'}"
+                     for f in TRAJECTORY_SCHEMA if f.name in have and not have[f.name].equals(f)]
+        problems += [f"unknown column {name!r}" for name in have if name not in TRAJECTORY_SCHEMA.names]
+        if not problems:
+            problems = ["columns out of order"]
+        raise TrajectoryError("not a trajectory batch (TRAJECTORY_SCHEMA): " + "; ".join(problems[:4]))
     if batch.num_rows and _image_shape(batch) is None:
         raise TrajectoryError("trajectory batch without image_tokens_shape metadata")
     table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])

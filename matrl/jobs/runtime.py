@@ -92,10 +92,12 @@ class RayRuntime:
         return getattr(handle, method).remote(*args)
 
     def get(self, future, timeout_s: float | None = None) -> Any:
-        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
         try:
             return self.ray.get(future, timeout=timeout_s)
+        except GetTimeoutError:
+            raise RoleDied(f"no answer within {timeout_s:g}s") from None
         except (ActorDiedError, ActorUnavailableError, RayActorError) as err:
             raise RoleDied(str(err).splitlines()[0] if str(err) else type(err).__name__) from err
 

@@ -247,7 +247,7 @@ class TrainJob:
 
         lc = cfg.learner
         self.learner = rt.actor(LearnerShell, str(init), cfg.ppo, self.buffer_ref, lc.device, lc.torch_threads,
-                                str(latest) if self.resume else None, name="learner",
+                                str(latest) if self.resume else None, cfg.seed, name="learner",
                                 options={"num_cpus": lc.num_cpus, "num_gpus": lc.num_gpus or None,
                                          "resources": lc.resources or None})
         ready = rt.get(rt.call(self.learner, "ready"))
@@ -259,8 +259,13 @@ class TrainJob:
 
     # ---- phases -------------------------------------------------------------------------------
     def _weights(self):
-        """The learner's weights as something every rollout call can take (an object-store ref)."""
+        """The learner's weights as something every rollout call can take (an object-store ref that
+        Ray resolves in each rollout worker; the policy is a few MB). `self.publish_s` is how long the
+        learner took to put them into the object store."""
+        start = time.perf_counter()
         future = self.runtime.call(self.learner, "weights")
+        self.runtime.wait([future], timeout_s=None)
+        self.publish_s = time.perf_counter() - start
         return future if self.runtime.distributed else self.runtime.get(future)
 
     def _rollout_phase(self, weights, version: int, iteration: int) -> list[dict]:
@@ -291,18 +296,29 @@ class TrainJob:
                 if restarts > cfg.max_restarts:
                     raise TrainError(f"rollout workers failed {restarts} times in iteration {iteration} "
                                      f"(rollout.max_restarts={cfg.max_restarts}); last: rollout-{w}: {why}")
-                print(f"[train] rollout-{w} failed ({why}); replacing it and sampling its share again", flush=True)
-                rt.kill(self.rollouts[w])
-                self.rollouts[w] = self._new_rollout(w)
-                self.counts["rollout_restarts"] += 1
+                self._replace_rollout(w, why)
                 futures[w] = rt.call(self.rollouts[w], "rollout", weights, version, cfg.targets_per_worker, seeds[w])
                 deadline = time.monotonic() + cfg.timeout_s
         return [results[w] for w in range(cfg.workers)]
 
+    def _replace_rollout(self, w: int, why: str) -> None:
+        print(f"[train] rollout-{w} failed ({why}); replacing it", flush=True)
+        self.runtime.kill(self.rollouts[w])
+        self.rollouts[w] = self._new_rollout(w)
+        self.counts["rollout_restarts"] += 1
+
     def _validate(self, weights, version: int) -> dict:
+        """Greedy reward on the fixed validation targets (on rollout-0; replaced if it dies)."""
         rt = self.runtime
-        return rt.get(rt.call(self.rollouts[0], "evaluate", weights, version, self.config.validation.targets,
-                              self.config.seed))
+        for attempt in range(self.config.rollout.max_restarts + 1):
+            try:
+                return rt.get(rt.call(self.rollouts[0], "evaluate", weights, version, self.config.validation.targets,
+                                      self.config.seed), timeout_s=self.config.rollout.timeout_s)
+            except RoleDied as err:
+                if attempt == self.config.rollout.max_restarts:
+                    raise TrainError(f"validation failed: rollout-0 died {attempt + 1} times ({err})") from None
+                self._replace_rollout(0, str(err))
+        raise AssertionError("unreachable")
 
     def _save(self, name: str, metrics: dict | None = None) -> None:
         rt = self.runtime
@@ -437,17 +453,11 @@ class TrainJob:
                     try:
                         finished.append(rt.get(future))
                     except RoleDied as err:
-                        print(f"[train] rollout-{w} died ({err}); replacing it", flush=True)
-                        rt.kill(self.rollouts[w])
-                        self.rollouts[w] = self._new_rollout(w)
-                        self.counts["rollout_restarts"] += 1
+                        self._replace_rollout(w, str(err))
                     submit(w)
                 elif time.monotonic() - since > r.timeout_s:
-                    print(f"[train] rollout-{w} silent for {r.timeout_s:g}s; replacing it", flush=True)
-                    rt.kill(self.rollouts[w])
                     del pending[w]
-                    self.rollouts[w] = self._new_rollout(w)
-                    self.counts["rollout_restarts"] += 1
+                    self._replace_rollout(w, f"no answer within rollout.timeout_s={r.timeout_s:g}s")
                     submit(w)
             if any(learn is x for x in ready):
                 update = rt.get(learn)
@@ -488,10 +498,13 @@ class TrainJob:
             "iteration_s": elapsed, "trajectories_per_s": trajectories / elapsed if elapsed > 0 else math.nan,
             "reward_samples_per_s": trajectories / reward_s if reward_s > 0 else math.nan,
             "phase/rollout_s": rollout_s, "phase/learn_s": learn_s,
+            "phase/weight_sync_s": getattr(self, "publish_s", 0.0),
             "phase/sample_s": max((r.get("sample_s", 0.0) for r in rollouts), default=0.0),
             "phase/reward_s": reward_s,
-            "phase/weight_sync_s": max((r.get("weight_sync_s", 0.0) for r in rollouts), default=0.0),
-            "weight_sync_s": max((r.get("weight_sync_s", 0.0) for r in rollouts), default=0.0),
+            "weight_publish_s": getattr(self, "publish_s", 0.0),
+            "weight_load_s": max((r.get("weight_sync_s", 0.0) for r in rollouts), default=0.0),
+            "weight_sync_s": getattr(self, "publish_s", 0.0) + max((r.get("weight_sync_s", 0.0) for r in rollouts),
+                                                                   default=0.0),
             "count/reward_failures": failures, "count/trajectories": update.get("trajectories", 0),
             "count/rollout_restarts": self.counts["rollout_restarts"] - self.counts.get("_rollout_restarts", 0),
             "policy_lag": update.get("policy_lag_mean", 0.0)})
