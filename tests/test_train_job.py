@@ -85,12 +85,17 @@ def test_bad_configs_fail_before_any_actor_starts(cluster, init_checkpoint, tmp_
     assert time.monotonic() - started < 120
 
 
-def _kill_first_rollout_worker(delay_s: float, killed: list) -> None:
+def _kill_first(class_name: str, delay_s: float, killed: list, after_file=None) -> None:
+    """SIGKILL the process of the first live actor of `class_name`, `delay_s` after it appears (and,
+    if given, after `after_file` exists)."""
     from ray.util.state import list_actors
 
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        actors = [a for a in list_actors(filters=[("class_name", "=", "RolloutWorkerShell"), ("state", "=", "ALIVE")])
+        if after_file is not None and not after_file.exists():
+            time.sleep(0.2)
+            continue
+        actors = [a for a in list_actors(filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")])
                   if a.pid]
         if actors:
             time.sleep(delay_s)
@@ -103,7 +108,7 @@ def _kill_first_rollout_worker(delay_s: float, killed: list) -> None:
 def test_a_rollout_worker_killed_mid_run_is_replaced_and_no_trajectory_is_lost(cluster, init_checkpoint, tmp_path):
     out = tmp_path / "killed"
     killed: list = []
-    killer = threading.Thread(target=_kill_first_rollout_worker, args=(6.0, killed), daemon=True)
+    killer = threading.Thread(target=_kill_first, args=("RolloutWorkerShell", 6.0, killed), daemon=True)
     killer.start()
     assert main(job_args(init_checkpoint, out, 2, "--set", "validation.every=0")) == 0
     killer.join(5)
@@ -124,3 +129,20 @@ def test_async_mode_never_trains_on_rows_older_than_the_lag_bound(cluster, init_
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mode"] == "async" and summary["iterations"] == 3
     assert "learner_idle_fraction" in lines[-1]
+
+
+def test_a_killed_learner_is_restarted_from_the_latest_checkpoint(cluster, init_checkpoint, tmp_path):
+    """The learner dies after the first checkpoint: the job restores it from checkpoints/latest, redoes
+    what was lost, and finishes every iteration."""
+    out = tmp_path / "learner"
+    killed: list = []
+    marker = out / "checkpoints" / "latest" / "config.json"
+    killer = threading.Thread(target=_kill_first, args=("LearnerShell", 0.5, killed, marker), daemon=True)
+    killer.start()
+    assert main(job_args(init_checkpoint, out, 3, "--set", "validation.every=0")) == 0
+    killer.join(5)
+    assert killed, "the test never found the learner to kill"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["events"]["learner_restarts"] == 1
+    assert summary["iterations"] == 3
+    assert json.loads((out / "checkpoints" / "latest" / "config.json").read_text())["epoch"] == 3

@@ -137,6 +137,10 @@ class TrainError(RuntimeError):
     """A job that cannot start or continue; the message says why."""
 
 
+class LearnerLost(RuntimeError):
+    """The learner actor died; the job restarts it from the latest checkpoint."""
+
+
 class TrainJob:
     """Creates the roles, runs the iterations, checkpoints; `run()` returns the summary dict."""
 
@@ -150,8 +154,9 @@ class TrainJob:
         self.progress = progress
         self.job_name = job_name
         self.server = None
-        self.counts = {"rollout_restarts": 0, "reward_failures": 0, "stale_dropped": 0, "reward_retries": 0,
-                       "reward_restarts": 0}
+        self.counts = {"rollout_restarts": 0, "learner_restarts": 0, "reward_failures": 0, "stale_dropped": 0,
+                       "reward_retries": 0, "reward_restarts": 0}
+        self.max_learner_restarts = 3
 
     # ---- set-up -------------------------------------------------------------------------------
     def _checkpoint_dir(self, name: str) -> Path:
@@ -243,19 +248,59 @@ class TrainJob:
         self.buffer = rt.actor(ReplayBufferShell, cfg.buffer, name="replay-buffer",
                                options={"num_cpus": 0, "max_concurrency": 8})
         self.buffer_ref = rt.inner(self.buffer)
-        from learner.actor import LearnerShell
-
-        lc = cfg.learner
-        self.learner = rt.actor(LearnerShell, str(init), cfg.ppo, self.buffer_ref, lc.device, lc.torch_threads,
-                                str(latest) if self.resume else None, cfg.seed, name="learner",
-                                options={"num_cpus": lc.num_cpus, "num_gpus": lc.num_gpus or None,
-                                         "resources": lc.resources or None})
-        ready = rt.get(rt.call(self.learner, "ready"))
+        self.init = init
+        ready = self._new_learner(resume=self.resume)
         self.state = dict(ready["job_state"]) if self.resume else {}
         self.spec = self._rollout_spec(info.encoder, info.policy.to_dict(), self.address)
         self.rollouts = [self._new_rollout(i) for i in range(cfg.rollout.workers)]
         for handle in self.rollouts:
             rt.get(rt.call(handle, "ready"))
+
+    def _new_learner(self, resume: bool) -> dict:
+        """Start the learner actor, from checkpoints/latest when resuming (and when one exists)."""
+        from learner.actor import LearnerShell
+
+        cfg, rt = self.config, self.runtime
+        latest = self._checkpoint_dir("latest")
+        resume_from = str(latest) if resume and (latest / "config.json").is_file() else None
+        lc = cfg.learner
+        self.learner = rt.actor(LearnerShell, str(self.init), cfg.ppo, self.buffer_ref, lc.device, lc.torch_threads,
+                                resume_from, cfg.seed, name="learner",
+                                options={"num_cpus": lc.num_cpus, "num_gpus": lc.num_gpus or None,
+                                         "resources": lc.resources or None})
+        return rt.get(rt.call(self.learner, "ready"))
+
+    def _learner(self, method: str, *args):
+        """A blocking learner call; a dead learner becomes LearnerLost."""
+        try:
+            return self.runtime.get(self.runtime.call(self.learner, method, *args))
+        except RoleDied as err:
+            raise LearnerLost(str(err)) from None
+
+    def _recover_learner(self, why: str) -> None:
+        """Replace a dead learner by one restored from checkpoints/latest; the iterations since that
+        checkpoint are redone (their seeds are those of the first attempt)."""
+        self.counts["learner_restarts"] += 1
+        if self.counts["learner_restarts"] > self.max_learner_restarts:
+            raise TrainError(f"the learner died {self.counts['learner_restarts']} times; last: {why}")
+        print(f"[train] the learner died ({why}); restarting it from {self._checkpoint_dir('latest')}", flush=True)
+        rt = self.runtime
+        rt.kill(self.learner)
+        for future, _ in getattr(self, "_pending", {}).values():  # async: let in-flight rollouts land
+            try:
+                rt.get(future, timeout_s=self.config.rollout.timeout_s)
+            except Exception:  # noqa: BLE001 - a rollout lost with it is simply not waited for
+                pass
+        self._pending = {}
+        rt.get(rt.call(self.buffer, "take_all"))  # rows of the lost update are sampled again
+        ready = self._new_learner(resume=True)
+        keep = {k: self.state[k] for k in ("val_reward_pretrained", "val_history") if k in self.state}
+        self.state = {**keep, **ready["job_state"]} if ready["job_state"] else {
+            **keep, "iteration": 0, "val_reward_best": self.state.get("val_reward_pretrained"), "wall_s": 0.0,
+            "trajectories": 0}
+        self.state.setdefault("val_history", [])
+        self.state.setdefault("wall_s", 0.0)
+        self.state.setdefault("trajectories", 0)
 
     # ---- phases -------------------------------------------------------------------------------
     def _weights(self):
@@ -266,7 +311,11 @@ class TrainJob:
         future = self.runtime.call(self.learner, "weights")
         self.runtime.wait([future], timeout_s=None)
         self.publish_s = time.perf_counter() - start
-        return future if self.runtime.distributed else self.runtime.get(future)
+        try:
+            value = self.runtime.get(future)  # raises if the learner died
+        except RoleDied as err:
+            raise LearnerLost(str(err)) from None
+        return future if self.runtime.distributed else value
 
     def _rollout_phase(self, weights, version: int, iteration: int) -> list[dict]:
         """Every worker's share for this iteration; dead or stuck workers are replaced and redone."""
@@ -322,7 +371,7 @@ class TrainJob:
 
     def _save(self, name: str, metrics: dict | None = None) -> None:
         rt = self.runtime
-        rt.get(rt.call(self.learner, "save", str(self._checkpoint_dir(name)), dict(self.state), metrics or {}))
+        self._learner("save", str(self._checkpoint_dir(name)), dict(self.state), metrics or {})
 
     def _reward_counts(self) -> dict:
         if self.server is None:
@@ -349,7 +398,7 @@ class TrainJob:
                                   progress=self.progress)
         (self.out / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=1))
         try:
-            version = self.runtime.get(self.runtime.call(self.learner, "version"))
+            version = self._learner("version")
             if "val_reward_pretrained" not in state:
                 weights = self._weights()
                 val = self._validate(weights, version)
@@ -360,10 +409,12 @@ class TrainJob:
                       f"{len(val['rewards'])} held-out targets", flush=True)
                 (self.out / "validation_pretrained.json").write_text(json.dumps(val))
                 self._save("best", {"val_reward": val["reward_mean"]})
-            if cfg.mode == "sync":
-                self._run_sync(metrics_sink)
-            else:
-                self._run_async(metrics_sink)
+            while True:
+                try:
+                    self._run_sync(metrics_sink) if cfg.mode == "sync" else self._run_async(metrics_sink)
+                    break
+                except LearnerLost as err:
+                    self._recover_learner(str(err))
         finally:
             metrics_sink.close()
         summary = self._summary(time.perf_counter() - started)
@@ -402,14 +453,14 @@ class TrainJob:
         sink.iteration(iteration + 1, metrics)
 
     def _run_sync(self, sink) -> None:
-        cfg, rt, state = self.config, self.runtime, self.state
-        version = rt.get(rt.call(self.learner, "version"))
-        for iteration in range(state["iteration"], cfg.iterations):
+        cfg, rt = self.config, self.runtime
+        version = self._learner("version")
+        for iteration in range(self.state["iteration"], cfg.iterations):
             t0 = time.perf_counter()
             weights = self._weights()
             rollouts = self._rollout_phase(weights, version, iteration)
             t1 = time.perf_counter()
-            update = rt.get(rt.call(self.learner, "update", cfg.seed, iteration))
+            update = self._learner("update", cfg.seed, iteration)
             t2 = time.perf_counter()
             version = int(update["version"])
             metrics = self._iteration_metrics(update, rollouts, t2 - t0, rollout_s=t1 - t0, learn_s=t2 - t1)
@@ -426,11 +477,12 @@ class TrainJob:
     def _run_async(self, sink) -> None:
         cfg, rt, state = self.config, self.runtime, self.state
         r = cfg.rollout
-        version = rt.get(rt.call(self.learner, "version"))
+        version = self._learner("version")
         rows = cfg.trajectories_per_iteration
         rounds = state.setdefault("rollout_rounds", [0] * r.workers)
         weights = self._weights()
         pending: dict = {}
+        self._pending = pending
 
         def submit(w: int) -> None:
             seed = derive_seed(cfg.seed, 1_000_000 + rounds[w], w)
@@ -460,7 +512,10 @@ class TrainJob:
                     self._replace_rollout(w, f"no answer within rollout.timeout_s={r.timeout_s:g}s")
                     submit(w)
             if any(learn is x for x in ready):
-                update = rt.get(learn)
+                try:
+                    update = rt.get(learn)
+                except RoleDied as err:
+                    raise LearnerLost(str(err)) from None
                 version = int(update["version"])
                 weights = self._weights()
                 elapsed = time.perf_counter() - t_iter
