@@ -22,11 +22,14 @@ STAMP := $(VENV)/.matrl-installed
 
 .PHONY: demo test install chromium clean-venv
 
+# As if .venv were activated: tools the tests and jobs start (matrl, ray, python) are the venv's.
+RUN_IN_VENV = PATH="$(abspath $(VENV))/bin:$$PATH" VIRTUAL_ENV="$(abspath $(VENV))"
+
 demo: $(STAMP)
-	$(VENV)/bin/matrl demo $(DEMO_ARGS)
+	$(RUN_IN_VENV) $(VENV)/bin/matrl demo $(DEMO_ARGS)
 
 test: $(STAMP) chromium
-	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	$(RUN_IN_VENV) $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 install: $(STAMP)
 

@@ -70,6 +70,51 @@ def ray_executable() -> str:
     return found
 
 
+def with_interpreter_on_path(env: dict[str, str]) -> dict[str, str]:
+    """`env` with this interpreter's bin folder first on PATH, as an activated venv has it: a job's
+    entrypoint (`python ...`, `matrl ...`) then runs in the environment the tests run in, also
+    when they were started as `.venv/bin/python -m pytest` without activating."""
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([bindir, *(p for p in env.get("PATH", "").split(os.pathsep) if p != bindir)])
+    return env
+
+
+def _proc_net_ip(hex_ip: str) -> str:
+    """An address as /proc/net/tcp{,6} writes it (32-bit words in host order) -> text."""
+    raw = b"".join(bytes.fromhex(hex_ip[i:i + 8])[::-1] for i in range(0, len(hex_ip), 8))
+    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+
+
+def listening_addresses(pgid: int) -> set[str]:
+    """IPs on which the processes of process group `pgid` accept TCP connections (Linux /proc).
+
+    `start_ray_head` starts Ray in its own session, so its process group is all of that head's
+    processes (GCS, raylet, dashboard, agents, workers) and nothing else on the machine.
+    """
+    inodes = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[2]) != pgid:  # field 5: process group
+                continue
+            for fd in (proc / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except (OSError, ValueError, IndexError):
+            continue  # exited meanwhile, or not ours to read
+    out = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                    out.add(_proc_net_ip(fields[1].split(":")[0]))
+    return out
+
+
 def free_ports(count: int) -> list[int]:
     """`count` distinct ports free on 127.0.0.1 now (held open together so they differ)."""
     sockets = []
@@ -106,7 +151,7 @@ class RayHead:
         """os.environ plus what a `ray` CLI submitter or driver needs: the token, the Jobs API
         address and the single-machine switch (without it, the client rewrites 127.0.0.1 in
         `--address` to the host's routable address, where this head does not listen)."""
-        env = dict(os.environ)
+        env = with_interpreter_on_path(dict(os.environ))
         env.pop("RAY_AUTH_TOKEN", None)  # would take precedence over the path
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.token_path),
                    RAY_ADDRESS=self.dashboard_url, RAY_API_SERVER_ADDRESS=self.dashboard_url,
@@ -207,7 +252,7 @@ def start_ray_head(*, num_cpus: int = 2, num_gpus: int = 0, resources: dict[str,
     token_path.chmod(0o600)
     ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS))))
 
-    env = dict(os.environ)
+    env = with_interpreter_on_path(dict(os.environ))
     for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_API_SERVER_ADDRESS"):
         env.pop(key, None)
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path),

@@ -31,7 +31,7 @@ bindir = Path(args[2]) / "bin"
 bindir.mkdir(parents=True)
 for tool in ("python", "pip", "matrl"):
     script = bindir / tool
-    script.write_text('#!/bin/sh\necho "{tool} $*" >> "$FAKE_LOG"\n'
+    script.write_text('#!/bin/sh\necho "{tool} $*" >> "$FAKE_LOG"\necho "${PATH%%:*}" > "$FAKE_LOG.path"\n'
                       'if [ "{tool}" = pip ]; then exit ${FAKE_PIP_RC:-0}; fi\n'.replace("{tool}", tool))
     script.chmod(0o755)
 with open(os.environ["FAKE_LOG"], "a") as log:
@@ -71,6 +71,8 @@ def test_make_test_bootstraps_once_and_reinstalls_when_pyproject_changes(project
     assert first.returncode == 0, first.stdout + first.stderr
     assert ran(log) == ["venv .venv", "pip install -e .[dev]", "python -m pytest -q"]
     assert "chromium-step" in first.stdout
+    # pytest runs as if the venv were activated: subprocesses find its matrl, ray and python
+    assert Path(f"{log}.path").read_text().strip() == str(root / ".venv" / "bin")
 
     log.write_text("")
     again = make(root, fake, log, "test", PYTEST_ARGS="-m slow")
