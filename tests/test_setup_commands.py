@@ -57,8 +57,12 @@ def project(tmp_path):
 def make(root: Path, fake: Path, log: Path, *targets: str, env: dict | None = None, **variables: str):
     argv = ["make", "--no-print-directory", "-C", str(root), *targets, f"PYTHON={fake}",
             "ENSURE_CHROMIUM=echo chromium-step", *(f"{k}={v}" for k, v in variables.items())]
+    # Not what an enclosing make (`make test` runs this very test) passes down to sub-makes.
+    inherited = {k: v for k, v in os.environ.items()
+                 if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "PYTEST_ARGS",
+                              "DEMO_ARGS", "VENV", "PYTHON", "PIP_INSTALL", "ENSURE_CHROMIUM")}
     return subprocess.run(argv, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "FAKE_LOG": str(log), **(env or {})})
+                          env={**inherited, "FAKE_LOG": str(log), **(env or {})})
 
 
 def ran(log: Path) -> list[str]:
