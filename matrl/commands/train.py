@@ -29,6 +29,9 @@ def register(subparsers) -> None:
                         help="run rollout worker, buffer and learner in this process (debugging); the reward "
                              "service still runs on Ray")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    parser.add_argument("--job-name", default=None,
+                        help="name of the job in metrics (tag 'job') and for `matrl scale` (default: the Ray job "
+                             "submission id when submitted with `ray job submit`, else matrl-train)")
     parser.set_defaults(run=run)
 
 
@@ -49,8 +52,11 @@ def run(args: argparse.Namespace) -> int:
     from matrl.jobs.ray_runtime import init_ray
 
     info = init_ray(args.address, num_cpus=config.num_cpus)
+    import os
+
+    name = args.job_name or os.environ.get("RAY_JOB_SUBMISSION_ID") or "matrl-train"
     job = TrainJob(config, args.out, resume=args.resume, local=args.local, progress=not args.no_progress,
-                   fixed_cluster=info["started"])
+                   fixed_cluster=info["started"], job_name=name)
     try:
         summary = job.run()
     except TrainError as err:
