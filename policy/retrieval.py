@@ -48,8 +48,8 @@ from graph_executor.sampling import sample_parameters
 from policy.encoders import EncoderConfig, ImageEncoder
 
 __all__ = ["Retrieved", "RetrievalIndex", "RetrievalIndexError", "StaleIndexError", "draw_structure",
-           "default_index", "as_image_tensor", "render_samples", "content_hash", "BUNDLED_INDEX_PATH", "BUNDLED_INDEX_COMMAND",
-           "INDEX_FORMAT"]
+           "default_index", "as_image_tensor", "render_samples", "content_hash", "BUNDLED_INDEX_PATH",
+           "BUNDLED_INDEX_COMMAND", "INDEX_FORMAT"]
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,10 @@ class RetrievalIndex:
         self.encoder_config = EncoderConfig.model_validate(meta.get("encoder", {}))
         self._distinct = list(dict.fromkeys(self.structure_ids))
         position = {sid: i for i, sid in enumerate(self._distinct)}
-        self._group = np.array([position[s] for s in self.structure_ids], dtype=np.int64)
+        group = np.array([position[s] for s in self.structure_ids], dtype=np.int64)
+        self._order = np.argsort(group, kind="stable")  # entries grouped by structure, for reduceat
+        self._starts = np.searchsorted(group[self._order], np.arange(len(self._distinct)))
+        self._grouped = np.ascontiguousarray(self.embeddings[self._order].T)  # (D, N), columns grouped
         self._encoder: ImageEncoder | None = None
 
     def __len__(self) -> int:
@@ -373,10 +376,8 @@ class RetrievalIndex:
 
     def scores(self, embeddings: np.ndarray) -> np.ndarray:
         """Per query and distinct structure (B, S): the best cosine similarity over its renders."""
-        sims = np.asarray(embeddings, np.float32) @ self.embeddings.T  # (B, N)
-        best = np.full((len(self._distinct), sims.shape[0]), -np.inf, dtype=np.float32)
-        np.maximum.at(best, self._group, sims.T)
-        return best.T
+        sims = np.asarray(embeddings, np.float32) @ self._grouped  # (B, N), columns grouped by structure
+        return np.maximum.reduceat(sims, self._starts, axis=1)
 
     def retrieve(self, image: Any, k: int = 5) -> list[Retrieved]:
         """The k most similar distinct structures to one image, best first (see `as_image_tensor`)."""
