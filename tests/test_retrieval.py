@@ -118,7 +118,9 @@ def test_image_forms_give_the_same_answer(small_index):
 def test_retrieve_batch_takes_images_of_different_sizes(small_index):
     a, b = fresh_render("denim", 64)[0], fresh_render("oak_planks", 128)[0]
     batch = small_index.retrieve_batch([a, b], k=2)
-    assert [f[0] for f in batch] == [small_index.retrieve(a, k=1)[0], small_index.retrieve(b, k=1)[0]]
+    single = [small_index.retrieve(a, k=1)[0], small_index.retrieve(b, k=1)[0]]
+    assert [f[0].structure_id for f in batch] == [r.structure_id for r in single] == ["denim", "oak_planks"]
+    assert [f[0].score for f in batch] == pytest.approx([r.score for r in single], abs=1e-5)
 
 
 @pytest.mark.parametrize("bad, message", [
