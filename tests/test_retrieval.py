@@ -317,6 +317,27 @@ def test_cli_builds_an_index_and_retrieves_from_it(tmp_path, capsys):
     assert printed.startswith(f"{photo}: ") and printed.count("(") == 3
 
 
+def test_cli_open_clip_index_from_a_local_checkpoint(tmp_path, capsys):
+    """The open_clip option end to end: built from a checkpoint file, queried with the encoder its meta names."""
+    import open_clip
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "vit_s_32.pt"
+    torch.save(open_clip.create_model("ViT-S-32", pretrained=None).state_dict(), checkpoint)
+    out = tmp_path / "clip.arrow"
+    assert main(["index", "--graphs", "granite,denim", "--per-graph", "2", "--res", "64", "--quiet",
+                 "--encoder", "open_clip", "--open-clip-model", "ViT-S-32", "--pretrained", str(checkpoint),
+                 "-o", str(out)]) == 0
+    capsys.readouterr()
+    index = RetrievalIndex.load(out)
+    assert index.meta["encoder"]["name"] == "open_clip"
+    assert index.meta["encoder"]["open_clip_model"] == "ViT-S-32"
+    assert index.meta["encoder"]["pretrained"] == str(checkpoint)
+    assert index.embeddings.shape == (4, index.encoder.pooled_dim)
+    found = index.retrieve(fresh_render("denim", 64)[0], k=2)
+    assert sorted(r.structure_id for r in found) == ["denim", "granite"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["index", "--graphs", "no_such_graph", "--res", "64", "-o", "{tmp}/x.arrow"], "no_such_graph"),
     (["index", "--graphs", "granite", "--res", "100", "-o", "{tmp}/x.arrow"], "res 100 is not supported"),
