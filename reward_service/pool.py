@@ -115,6 +115,7 @@ class RewardWorkerShell:
         self.worker = RewardWorker(config)
         self.versions: dict[str, int] = {}  # key -> version of the image the worker holds
         self._cancelled: OrderedDict[str, None] = OrderedDict()
+        self.skipped = {"skipped_cancelled": 0, "skipped_deadline": 0}  # tasks not run at all
 
     @ray.method(concurrency_group="control")
     def ready(self) -> int:
@@ -134,10 +135,12 @@ class RewardWorkerShell:
         A store key must be held at `target_version` (else MissingTarget: the pool puts it again)."""
         if task_id in self._cancelled:
             del self._cancelled[task_id]
+            self.skipped["skipped_cancelled"] += 1
             raise TaskCancelled(f"task {task_id} was cancelled before it started")
         if deadline_unix is not None:
             remaining = deadline_unix - time.time()
             if remaining <= 0:
+                self.skipped["skipped_deadline"] += 1
                 raise DeadlinePassed(f"deadline passed {-remaining:.3f}s before the task started")
             request = dataclasses.replace(request, timeout_s=remaining)
         if isinstance(request.target, str) and (request.target not in self.worker.target_store or
@@ -165,7 +168,7 @@ class RewardWorkerShell:
 
     @ray.method(concurrency_group="control")
     def stats(self) -> dict[str, int]:
-        return {**self.worker.stats(), "pid": os.getpid()}
+        return {**self.worker.stats(), **self.skipped, "pid": os.getpid()}
 
 
 RewardWorkerActor = ray.remote(num_cpus=1, concurrency_groups={"control": 1})(RewardWorkerShell)

@@ -123,7 +123,7 @@ class RewardWorker:
         self.plans = _LRU(config.plan_cache_size)
         self.targets = _LRU(config.target_cache_size)
         self.target_store = TargetStore(config.target_store_bytes)
-        self.counters = {"requests": 0, "samples": 0, "failures": 0, "timeouts": 0}
+        self.counters = {"requests": 0, "samples": 0, "failures": 0, "timeouts": 0, "cancelled": 0}
 
     # ---- targets -------------------------------------------------------------------------------
     def put_target(self, key: str, image: np.ndarray | torch.Tensor | bytes) -> None:
@@ -277,7 +277,7 @@ class RewardWorker:
         for i in good:
             if i not in images and results[i] is None:
                 fail(i, f"{stopped} before this sample was executed")
-                self.counters["timeouts"] += 1
+                self.counters["cancelled" if stopped.startswith("cancelled") else "timeouts"] += 1
 
         t = time.perf_counter()
         done = [i for i in good if i in images]
@@ -286,7 +286,7 @@ class RewardWorker:
             if expired():
                 for i in chunk:
                     fail(i, f"{stopped} before this sample's reward was computed")
-                self.counters["timeouts"] += len(chunk)
+                self.counters["cancelled" if stopped.startswith("cancelled") else "timeouts"] += len(chunk)
                 continue
             try:
                 pred = self.metric.describe(torch.cat([images[i] for i in chunk]))
