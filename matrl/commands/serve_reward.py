@@ -1,7 +1,8 @@
 """`matrl serve-reward --port 50051 --workers K [--address RAY_ADDRESS]`: the gRPC reward service.
 
 Binds 127.0.0.1 unless --host says otherwise; a non-loopback host needs TLS (--tls-cert and
---tls-key) or an explicit --insecure. --token-file turns on shared-token auth. Prints
+--tls-key) or an explicit --insecure. --token-file turns on shared-token auth; Resize needs the
+token in --admin-token-file (without one it is refused). Prints
 "reward service listening on HOST:PORT" once it serves (with --port 0, the port it picked).
 """
 
