@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import hmac
-import json
 import ipaddress
+import json
 import logging
 import threading
 import time
@@ -143,17 +144,19 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
     def __init__(self, pool: RewardPool, config: ServerConfig):
         self.pool = pool
         self.config = config
-        self._graphs: OrderedDict[str, None] = OrderedDict()
+        self._graphs: OrderedDict[bytes, None] = OrderedDict()
 
     # ---- request checks ----------------------------------------------------------------------
     def _check_group(self, group: SampleGroup) -> None:
         if group.graph_id is not None:
             _check_graph_id(group.graph_id)
-        elif group.structure not in self._graphs:
-            _parse_graph_json(group.structure)
-            self._graphs[group.structure] = None
-            while len(self._graphs) > 256:
-                self._graphs.popitem(last=False)
+        else:  # remember validated structures by digest: 256 texts of up to a message each would not be small
+            digest = hashlib.sha1(group.structure.encode()).digest()
+            if digest not in self._graphs:
+                _parse_graph_json(group.structure)
+                self._graphs[digest] = None
+                while len(self._graphs) > 256:
+                    self._graphs.popitem(last=False)
         if group.target_key is not None and not self.pool.has_target(group.target_key):
             raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"target_key: unknown target key {group.target_key!r}; "
                                                         "register it with PutTarget (keys are dropped when "
