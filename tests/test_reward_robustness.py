@@ -39,7 +39,7 @@ from reward_service.worker import ScoreRequest
 
 MAX_MESSAGE = 2 << 20
 WORKERS = 2
-SOAK_S = 20.0
+SOAK_S = float(os.environ.get("MATRL_SOAK_S", "20"))  # longer runs: MATRL_SOAK_S=600
 REWARD = RewardConfig(res=64, metric=MetricConfig(image_res=64), target_store_bytes=4 << 20)
 GRAPH = json.dumps({"format": "matrl.graph/1", "name": "fuzzed", "nodes": {
     "noise": {"type": "perlin_fbm", "params": {"scale": 4}},
