@@ -529,7 +529,8 @@ class RewardPool:
         `max_in_flight` tasks on a worker that is still busy with abandoned ones)."""
         self.counters["abandoned"] += 1
         if done.done():
-            done.exception() if not done.cancelled() else None  # retrieved: no "never retrieved" log
+            if not done.cancelled():
+                done.exception()  # retrieve it, so asyncio logs no "exception was never retrieved"
             self._release(slot)
             return
         cancel = asyncio.wrap_future(slot.actor.cancel.remote(task_id).future())
