@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import re
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -169,6 +170,9 @@ class ClientLog:
     errors: int = 0
 
 
+ADMIN_TOKEN = secrets.token_hex(16)  # Resize is administrative: the server gets it in a file
+
+
 def start_server(args, address: str, workers: int, reward_config) -> tuple[subprocess.Popen, str]:
     """The service subprocess with the raw scorers' RewardConfig (passed as a YAML file)."""
     import yaml
@@ -176,8 +180,10 @@ def start_server(args, address: str, workers: int, reward_config) -> tuple[subpr
     with tempfile.TemporaryDirectory(prefix="reward_load_") as config_dir:  # read once, at start-up
         config_file = Path(config_dir) / "reward.yaml"
         config_file.write_text(yaml.safe_dump(reward_config.model_dump(mode="json")))
+        admin_file = Path(config_dir) / "admin_token"
+        admin_file.write_text(ADMIN_TOKEN)
         cmd = [sys.executable, "-m", "matrl.cli", "serve-reward", "--port", "0", "--workers", str(workers),
-               "--address", address, "--reward-config", str(config_file),
+               "--address", address, "--reward-config", str(config_file), "--admin-token-file", str(admin_file),
                "--chunk-samples", str(max(args.samples, 1))]
         server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
         deadline = time.monotonic() + 600
@@ -280,7 +286,7 @@ def measure(args, address: str, reward_config, requests) -> tuple[dict[int, dict
     server, server_address = start_server(args, address, args.workers[0], reward_config)
     try:
         scorers = start_raw_scorers(reward_config, requests, max(args.workers))
-        with RewardClient(server_address, timeout_s=600) as admin:
+        with RewardClient(server_address, timeout_s=600, admin_token=ADMIN_TOKEN) as admin:
             admin.wait_ready(600)
             for k in args.workers:
                 control[k] = measure_compute_control(scorers[:k], min(5.0, args.duration))

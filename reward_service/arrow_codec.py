@@ -43,6 +43,7 @@ RESPONSE_SCHEMA = pa.schema([
 ])
 
 _REQUIRED = ("sample_id", "seed")
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 class PayloadError(ValueError):
@@ -156,8 +157,8 @@ def _one_of(a: list, b: list, names: tuple[str, str], row: int, required: bool) 
 def _parse_params(text: str, row: int) -> dict:
     try:
         value = json.loads(text)
-    except (json.JSONDecodeError, TypeError) as err:
-        raise PayloadError(f"column 'params', row {row}: malformed JSON ({err})") from None
+    except (ValueError, TypeError, RecursionError) as err:  # JSONDecodeError is a ValueError
+        raise PayloadError(f"column 'params', row {row}: malformed JSON ({type(err).__name__}: {err})") from None
     if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
         raise PayloadError(f"column 'params', row {row}: expected a JSON object {{node: {{param: value}}}}")
     return value
@@ -197,6 +198,9 @@ def decode_request(payload: bytes) -> DecodedRequest:
         missing = [i for i, v in enumerate(values) if v is None]
         if missing:
             raise PayloadError(f"column '{name}', row {missing[0]}: null (the column may not have nulls)")
+        outside = [i for i, v in enumerate(values) if not _INT64_MIN <= v <= _INT64_MAX]
+        if outside:
+            raise PayloadError(f"column '{name}', row {outside[0]}: {values[outside[0]]} does not fit in int64")
 
     groups: dict[tuple, SampleGroup] = {}
     for row in range(n):

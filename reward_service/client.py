@@ -9,6 +9,7 @@ backoff inside the overall deadline.
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import time
 import uuid
@@ -21,7 +22,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from reward_service.arrow_codec import decode_response, encode_request
 from reward_service.proto import reward_pb2, reward_pb2_grpc
-from reward_service.api import DEFAULT_MAX_MESSAGE_BYTES, SERVICE_NAME, ScoreRequest, ScoreResult, read_token
+from reward_service.api import (DEFAULT_MAX_MESSAGE_BYTES, LIBRARY_PREFIX, SERVICE_NAME, ScoreRequest, ScoreResult,
+                                read_token)
 
 class RewardServiceError(RuntimeError):
     """A request the service refused or could not finish: gRPC status code and message."""
@@ -49,11 +51,17 @@ class RewardClient:
     retries included; `attempt_timeout_s` (optional) bounds each attempt."""
 
     def __init__(self, address: str = "127.0.0.1:50051", *, token: str | None = None,
-                 token_file: str | Path | None = None, root_cert: str | Path | bytes | None = None,
+                 token_file: str | Path | None = None, admin_token: str | None = None,
+                 admin_token_file: str | Path | None = None, root_cert: str | Path | bytes | None = None,
                  server_name: str | None = None, timeout_s: float = 120.0, attempt_timeout_s: float | None = None,
                  retry: RetryPolicy = RetryPolicy(), max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
         if token is None and token_file is not None:
             token = read_token(token_file)
+        if admin_token is None and admin_token_file is not None:
+            admin_token = read_token(admin_token_file)
+        # Resize (administrative) sends the admin token; without one it sends the scoring token and
+        # the server answers PERMISSION_DENIED.
+        self._admin_metadata = (("authorization", f"Bearer {admin_token}"),) if admin_token else None
         self.address = address
         self.timeout_s = timeout_s
         self.attempt_timeout_s = attempt_timeout_s
@@ -82,7 +90,7 @@ class RewardClient:
         self.close()
 
     # ---- plumbing ----------------------------------------------------------------------------
-    def _call(self, method, message, timeout_s: float | None):
+    def _call(self, method, message, timeout_s: float | None, metadata=None):
         """Invoke a unary RPC with retries on transient codes, all within one overall deadline."""
         deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.timeout_s)
         backoff = self.retry.initial_backoff_s
@@ -92,7 +100,7 @@ class RewardClient:
                 raise RewardServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, "client deadline passed before the call")
             per_attempt = min(remaining, self.attempt_timeout_s or remaining)
             try:
-                return method(message, timeout=per_attempt, metadata=self._metadata)
+                return method(message, timeout=per_attempt, metadata=self._metadata if metadata is None else metadata)
             except grpc.RpcError as err:
                 code = err.code()
                 last_try = attempt >= self.retry.attempts or deadline - time.monotonic() <= backoff
@@ -158,8 +166,30 @@ class RewardClient:
         reply = self._call(self.stub.PutTarget, reward_pb2.PutTargetRequest(key=key, image=image), timeout_s)
         return reply.workers
 
+    def delete_target(self, key: str, timeout_s: float | None = None) -> int:
+        """Forget a target key on the server and its workers; returns how many workers held it."""
+        return self._call(self.stub.DeleteTarget, reward_pb2.DeleteTargetRequest(key=key), timeout_s).workers
+
+    def list_graphs(self, timeout_s: float | None = None) -> list[dict]:
+        """The library graphs that `graph_id` (ScoreRequest structure "lib:<name>") can name."""
+        reply = self._call(self.stub.ListGraphs, reward_pb2.ListGraphsRequest(), timeout_s)
+        return [_message_dict(g) for g in reply.graphs]
+
+    def describe_graph(self, graph: str, timeout_s: float | None = None) -> dict:
+        """Nodes and parameters of "lib:<name>" or of graph JSON text (what param_sets may set)."""
+        request = (reward_pb2.DescribeGraphRequest(graph_id=graph[len(LIBRARY_PREFIX):])
+                   if graph.startswith(LIBRARY_PREFIX) else reward_pb2.DescribeGraphRequest(graph_json=graph))
+        reply = self._call(self.stub.DescribeGraph, request, timeout_s)
+        out = _message_dict(reply)
+        out["nodes"] = [{"name": n.name, "type": n.type, "parameters": [
+            {**_message_dict(p), "choices": list(p.choices), "value": json.loads(p.value_json),
+             "default": json.loads(p.default_json)} for p in n.parameters]} for n in reply.nodes]
+        return out
+
     def resize(self, workers: int, timeout_s: float | None = None) -> dict[str, int]:
-        reply = self._call(self.stub.Resize, reward_pb2.ResizeRequest(workers=workers), timeout_s)
+        """Administrative: needs the admin token (`admin_token`/`admin_token_file`)."""
+        reply = self._call(self.stub.Resize, reward_pb2.ResizeRequest(workers=workers), timeout_s,
+                           metadata=self._admin_metadata)
         return _status_dict(reply)
 
     def pool_status(self, timeout_s: float | None = None) -> dict[str, int]:
@@ -190,3 +220,9 @@ _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 def _status_dict(message: reward_pb2.PoolStatus) -> dict[str, int]:
     return {field.name: getattr(message, field.name) for field in message.DESCRIPTOR.fields}
+
+
+def _message_dict(message) -> dict:
+    """Scalar fields of a message (repeated and message fields are left to the caller)."""
+    return {f.name: getattr(message, f.name) for f in message.DESCRIPTOR.fields
+            if f.type != f.TYPE_MESSAGE and not f.is_repeated}

@@ -64,7 +64,9 @@ class RewardConfig(BaseModel):
     target_cache_size: int = Field(256, ge=1)
     min_target_side: int = Field(16, ge=1)
     max_target_side: int = Field(4096, ge=1)
-    max_target_bytes: int = Field(64 << 20, ge=1)
+    max_target_bytes: int = Field(64 << 20, ge=1, description="largest encoded target image")
+    target_store_bytes: int = Field(256 << 20, ge=1, description="descriptors of targets put under keys, "
+                                    "per worker; least recently used keys are evicted beyond it")
     reject_blank_targets: bool = Field(True, description="a constant target (e.g. a failed capture) is an error")
 
     @property

@@ -1,8 +1,19 @@
 """A pool of reward-worker Ray actors: least-in-flight dispatch, re-dispatch when a worker dies,
-restart or replacement of dead workers, and resizing while requests are being served.
+restart or replacement of dead workers, resizing while requests are being served, and the
+registry of targets put under keys.
 
 `RewardWorkerShell` is the actor body (a thin shell around `RewardWorker`); `RewardPool` is an
 asyncio object living in the gRPC server's event loop, so its bookkeeping needs no locks.
+
+A caller that gives up (deadline, cancellation, disconnect) costs the pool nothing beyond the work
+already started: the pool never `ray.cancel`s a task it sent to an actor. Ray numbers the tasks a
+caller sends to one actor and the actor runs them in that order; a task cancelled before it reached
+the actor leaves a hole in the numbering, and the actor then waits 30 s for it before it fails every
+queued task ("Timed out waiting for seq_no ... Cancelling all queued tasks"), which froze a worker
+and got a live worker counted as dead. Instead the pool tells the worker, through the actor's
+`control` concurrency group (a second thread that answers while a task runs), to skip the task or
+to stop it at its next micro-batch, and keeps the task's in-flight slot until the worker is done
+with it.
 """
 
 from __future__ import annotations
@@ -14,14 +25,15 @@ import itertools
 import logging
 import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import ray
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray.exceptions import ActorUnavailableError, RayActorError
 
 from reward_service.config import RewardConfig
-from reward_service.api import ScoreRequest, ScoreResult
+from reward_service.api import RequestError, ScoreRequest, ScoreResult
 from reward_service.worker import RewardWorker
 
 log = logging.getLogger(__name__)
@@ -41,6 +53,20 @@ class PoolConfig(BaseModel):
     max_in_flight: int = Field(2, ge=1, description="tasks sent to one worker at a time (one running, the "
                                                     "rest queued there); more wait in the pool, where a "
                                                     "deadline or cancellation drops them before any work")
+    min_workers: int = Field(1, ge=0, description="smallest size a resize may ask for (0 lets an admin empty "
+                                                  "the pool)")
+    max_workers: int = Field(256, ge=1, description="largest size a resize may ask for; resizes are also "
+                                                    "bounded by the cluster's CPUs / num_cpus")
+    max_target_store_bytes: int = Field(1 << 30, ge=1, description="encoded bytes of the targets put under "
+                                        "keys that the pool keeps (to give them to new or restarted "
+                                        "workers); least recently used keys are dropped beyond it")
+
+    @model_validator(mode="after")
+    def _check(self) -> "PoolConfig":
+        if not self.min_workers <= self.workers <= self.max_workers:
+            raise ValueError(f"workers {self.workers} outside [min_workers {self.min_workers}, "
+                             f"max_workers {self.max_workers}]")
+        return self
 
 
 class MissingTarget(KeyError):
@@ -63,37 +89,89 @@ class DeadlinePassed(TimeoutError):
     """The task reached its worker after the caller's deadline; it was not run."""
 
 
+class TaskCancelled(RuntimeError):
+    """The caller gave up on the task before it started; it was not run."""
+
+
+class InvalidSize(ValueError):
+    """A resize outside [min_workers, max_workers]."""
+
+
+class InsufficientResources(RuntimeError):
+    """A resize to more workers than the cluster's CPUs can hold."""
+
+
 class RewardWorkerShell:
-    """Ray actor body: one RewardWorker (torch threads = 1 by its config) in its own process."""
+    """Ray actor body: one RewardWorker (torch threads = 1 by its config) in its own process.
+
+    `score`, `put_target` and `drop_targets` run one at a time on the actor's default thread;
+    `ready`, `cancel` and `stats` run in the `control` concurrency group, so they answer while a
+    task runs (that is how a cancellation reaches a running or queued task).
+    """
+
+    CANCELLED_MEMORY = 4096  # task ids remembered as cancelled (a cancel may outlive its task)
 
     def __init__(self, config: RewardConfig):
         self.worker = RewardWorker(config)
+        self.versions: dict[str, int] = {}  # key -> version of the image the worker holds
+        self._cancelled: OrderedDict[str, None] = OrderedDict()
+        self.skipped = {"skipped_cancelled": 0, "skipped_deadline": 0}  # tasks not run at all
 
+    @ray.method(concurrency_group="control")
     def ready(self) -> int:
         return os.getpid()
 
-    def score(self, request: ScoreRequest, deadline_unix: float | None = None) -> list[ScoreResult]:
-        """Score, given the caller's wall-clock deadline: time spent queued here counts against it
-        (ray.cancel does not stop a task already queued at a sync actor, so the shell checks)."""
+    @ray.method(concurrency_group="control")
+    def cancel(self, task_id: str) -> None:
+        """The caller gave up on `task_id`: skip it if it has not started, else stop it at the next
+        micro-batch (its remaining samples fail with a `cancelled:` reason nobody reads)."""
+        self._cancelled[task_id] = None
+        while len(self._cancelled) > self.CANCELLED_MEMORY:
+            self._cancelled.popitem(last=False)
+
+    def score(self, request: ScoreRequest, deadline_unix: float | None = None, task_id: str = "",
+              target_version: int | None = None) -> list[ScoreResult]:
+        """Score, given the caller's wall-clock deadline: time spent queued here counts against it.
+        A store key must be held at `target_version` (else MissingTarget: the pool puts it again)."""
+        if task_id in self._cancelled:
+            del self._cancelled[task_id]
+            self.skipped["skipped_cancelled"] += 1
+            raise TaskCancelled(f"task {task_id} was cancelled before it started")
         if deadline_unix is not None:
             remaining = deadline_unix - time.time()
             if remaining <= 0:
+                self.skipped["skipped_deadline"] += 1
                 raise DeadlinePassed(f"deadline passed {-remaining:.3f}s before the task started")
             request = dataclasses.replace(request, timeout_s=remaining)
-        if isinstance(request.target, str) and request.target not in self.worker.target_store:
+        if isinstance(request.target, str) and (request.target not in self.worker.target_store or
+                                                self.versions.get(request.target) != target_version):
             raise MissingTarget(request.target)
-        return self.worker.score(request)
+        try:
+            return self.worker.score(request, cancelled=(lambda: task_id in self._cancelled) if task_id else None)
+        finally:
+            self._cancelled.pop(task_id, None)
 
-    def put_targets(self, targets: dict[str, bytes]) -> int:
-        for key, image in targets.items():
-            self.worker.put_target(key, image)
+    def put_target(self, key: str, image: bytes, version: int) -> int:
+        """Decode, describe and keep a target (RequestError for a bad image); returns keys held."""
+        self.worker.put_target(key, image)
+        self.versions[key] = version
+        for gone in [k for k in self.versions if k not in self.worker.target_store]:  # evicted
+            del self.versions[gone]
         return len(self.worker.target_store)
 
+    def drop_targets(self, keys: list[str]) -> int:
+        """Forget keys (deleted, or dropped from the pool's registry); returns how many were held."""
+        held = sum(self.worker.drop_target(k) for k in keys)
+        for key in keys:
+            self.versions.pop(key, None)
+        return held
+
+    @ray.method(concurrency_group="control")
     def stats(self) -> dict[str, int]:
-        return self.worker.stats()
+        return {**self.worker.stats(), **self.skipped, "pid": os.getpid()}
 
 
-RewardWorkerActor = ray.remote(num_cpus=1)(RewardWorkerShell)
+RewardWorkerActor = ray.remote(num_cpus=1, concurrency_groups={"control": 1})(RewardWorkerShell)
 
 
 class SlotState(str, enum.Enum):
@@ -112,6 +190,7 @@ class WorkerSlot:
     state: SlotState = SlotState.STARTING
     in_flight: int = 0
     dispatched: int = 0
+    pid: int | None = None  # of the actor's process once ready: a restart changes it
 
 
 class RewardPool:
@@ -122,9 +201,12 @@ class RewardPool:
         self.config = config
         self.slots: list[WorkerSlot] = []
         self.size = 0
-        self.targets: dict[str, bytes] = {}
-        self.counters = {"tasks": 0, "retries": 0, "restarts": 0}
+        self.targets: OrderedDict[str, tuple[bytes, int]] = OrderedDict()  # key -> (image, version), LRU first
+        self.target_bytes = 0
+        self.counters = {"tasks": 0, "retries": 0, "restarts": 0, "abandoned": 0}
         self._names = itertools.count()
+        self._versions = itertools.count(1)
+        self._task_ids = itertools.count()
         self._changed: asyncio.Event | None = None
         self._resizing: asyncio.Lock | None = None
         self._background: set[asyncio.Task] = set()
@@ -156,70 +238,106 @@ class RewardPool:
     async def _wait_change(self, timeout_s: float | None = None) -> None:
         await asyncio.wait_for(self._changed.wait(), timeout_s)
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     def _new_actor(self) -> ray.actor.ActorHandle:
         return RewardWorkerActor.options(num_cpus=self.config.num_cpus, max_restarts=self.config.max_restarts,
                                          max_task_retries=0).remote(self.reward_config)
 
-    async def _await_ready(self, actor, timeout_s: float) -> None:
-        """Wait until the actor answers; a restarting actor answers 'unavailable' until it is back."""
+    async def _await_ready(self, actor, timeout_s: float) -> int:
+        """Wait until the actor answers (its pid); a restarting actor answers 'unavailable' until it is back."""
         deadline = time.monotonic() + timeout_s
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise asyncio.TimeoutError(f"worker not ready within {timeout_s:g}s")
             try:
-                await asyncio.wait_for(actor.ready.remote(), remaining)
-                return
+                return await asyncio.wait_for(actor.ready.remote(), remaining)
             except ActorUnavailableError:
                 await asyncio.sleep(0.2)
 
     async def _start_slot(self, slot: WorkerSlot) -> None:
-        await self._await_ready(slot.actor, self.config.ready_timeout_s)
+        slot.pid = await self._await_ready(slot.actor, self.config.ready_timeout_s)
         if slot.state is SlotState.STARTING:
             slot.state = SlotState.READY
         self._notify()
 
     # ---- resizing --------------------------------------------------------------------------------
+    def size_limit(self) -> int:
+        """The largest pool a resize may ask for: `max_workers`, and no more workers than the
+        cluster's CPUs hold at `num_cpus` each (ray.cluster_resources(): the nodes there now)."""
+        cpus = float(ray.cluster_resources().get("CPU", 0.0))
+        return min(self.config.max_workers, int(cpus / self.config.num_cpus + 1e-9))
+
+    def check_size(self, workers: int) -> None:
+        """InvalidSize outside [min_workers, max_workers]; InsufficientResources beyond the cluster."""
+        cfg = self.config
+        if not cfg.min_workers <= workers <= cfg.max_workers:
+            raise InvalidSize(f"workers: {workers} is outside [{cfg.min_workers}, {cfg.max_workers}] "
+                              "(the pool's min_workers and max_workers)")
+        limit = self.size_limit()
+        if workers > limit:
+            cpus = ray.cluster_resources().get("CPU", 0.0)
+            raise InsufficientResources(f"workers: {workers} needs {workers * cfg.num_cpus:g} CPUs "
+                                        f"({cfg.num_cpus:g} per worker); the Ray cluster has {cpus:g}, "
+                                        f"room for {limit}")
+
     async def resize(self, workers: int) -> None:
         """Grow or shrink to `workers` actors while serving; returns when the new count is in place.
 
-        New workers take requests once ready; removed ones stop taking requests, finish what they
-        run, and are then killed.
+        Bounded by `check_size`. New workers take requests once ready; removed ones stop taking
+        requests, finish what they run, and are then killed. A grow that fails, or whose caller
+        gives up (cancellation), removes the new workers that are not ready yet (their actors are
+        killed, pending ones never start) and the pool keeps the size it reached; a shrink whose
+        caller gives up still finishes draining in the background. No slot is left 'starting'.
         """
-        if workers < 0:
-            raise ValueError(f"workers must be >= 0, got {workers}")
+        self.check_size(workers)
         self._bind_loop()
         async with self._resizing:
-            self.size = workers
             active = [s for s in self.slots if s.state is not SlotState.DRAINING]
             if len(active) < workers:
+                self.size = workers
                 fresh = [WorkerSlot(f"reward-worker-{next(self._names)}", self._new_actor())
                          for _ in range(workers - len(active))]
                 self.slots.extend(fresh)
-                results = await asyncio.gather(*(self._start_slot(s) for s in fresh), return_exceptions=True)
+                try:
+                    results = await asyncio.gather(*(self._start_slot(s) for s in fresh), return_exceptions=True)
+                except BaseException:
+                    self._abandon_growth(fresh)
+                    raise
                 failed = [(s, r) for s, r in zip(fresh, results) if isinstance(r, BaseException)]
-                for slot, _ in failed:
-                    self._remove(slot)
                 if failed:
+                    self._abandon_growth(fresh)
                     raise PoolUnavailable(f"{len(failed)} of {len(fresh)} new reward workers failed to start: "
                                           f"{failed[0][1]!r}")
             elif len(active) > workers:
+                self.size = workers
                 order = {SlotState.STARTING: 0, SlotState.RECOVERING: 1, SlotState.READY: 2}
                 victims = sorted(active, key=lambda s: (order[s.state], s.in_flight))[:len(active) - workers]
                 for slot in victims:
                     slot.state = SlotState.DRAINING
                 self._notify()
-                await asyncio.gather(*(self._drain(s) for s in victims))
+                drains = [self._spawn(self._drain(s)) for s in victims]  # finish even if the caller leaves
+                await asyncio.shield(asyncio.gather(*drains))
+            else:
+                self.size = workers
+
+    def _abandon_growth(self, fresh: list[WorkerSlot]) -> None:
+        for slot in fresh:
+            if slot.state is SlotState.STARTING:
+                self._remove(slot)
+        self.size = sum(s.state is not SlotState.DRAINING for s in self.slots)
+        self._notify()
 
     async def _drain(self, slot: WorkerSlot) -> None:
         while slot.in_flight:
             await self._wait_change()
         self._remove(slot)
+        self._notify()
 
     def _remove(self, slot: WorkerSlot) -> None:
         if slot in self.slots:
@@ -229,14 +347,15 @@ class RewardPool:
     # ---- failures --------------------------------------------------------------------------------
     def _worker_failed(self, slot: WorkerSlot, err: BaseException) -> None:
         if slot.state is SlotState.READY:
-            log.warning("%s died (%s); recovering", slot.name, type(err).__name__)
+            log.warning("%s failed a task (%s); checking it", slot.name, type(err).__name__)
             slot.state = SlotState.RECOVERING
             self._spawn(self._recover(slot))
 
     async def _recover(self, slot: WorkerSlot) -> None:
-        """Wait for Ray to restart the actor; replace it when it is dead for good."""
+        """Wait for the actor to answer again: a new pid is a restart (counted), the same pid a worker
+        that was only unreachable (not counted). Replace the actor when it is dead for good."""
         try:
-            await self._await_ready(slot.actor, self.config.ready_timeout_s)
+            pid = await self._await_ready(slot.actor, self.config.ready_timeout_s)
         except (RayActorError, asyncio.TimeoutError) as err:
             ray.kill(slot.actor, no_restart=True)
             if slot not in self.slots:
@@ -244,13 +363,17 @@ class RewardPool:
             log.warning("%s did not come back (%s); replacing it", slot.name, type(err).__name__)
             slot.actor = self._new_actor()
             try:
-                await self._await_ready(slot.actor, self.config.ready_timeout_s)
+                pid = await self._await_ready(slot.actor, self.config.ready_timeout_s)
             except (RayActorError, asyncio.TimeoutError) as again:
                 log.error("replacement for %s failed to start (%r); dropping the slot", slot.name, again)
                 self._remove(slot)
                 self._notify()
                 return
-        self.counters["restarts"] += 1
+        if pid != slot.pid:
+            self.counters["restarts"] += 1
+        else:
+            log.warning("%s answers again from the same process (pid %s): it was not restarted", slot.name, pid)
+        slot.pid = pid
         if slot.state is SlotState.RECOVERING:
             slot.state = SlotState.READY
         if slot not in self.slots:
@@ -258,19 +381,71 @@ class RewardPool:
         self._notify()
 
     # ---- targets ---------------------------------------------------------------------------------
+    def has_target(self, key: str) -> bool:
+        """Whether `key` is registered (and mark it recently used)."""
+        if key not in self.targets:
+            return False
+        self.targets.move_to_end(key)
+        return True
+
     async def put_target(self, key: str, image: bytes) -> int:
         """Decode and keep a target on every ready worker (others get it when they first need it).
 
-        A bad image raises RequestError naming the target, and the key is not registered.
+        A bad image raises RequestError naming the target, and the key is left as it was. Beyond
+        `max_target_store_bytes` of encoded images the least recently used keys are dropped (here
+        and on the workers); a request naming a dropped key gets UnknownTarget.
         """
+        if len(image) > self.config.max_target_store_bytes:
+            raise RequestError(f"target: {len(image)} bytes exceeds the pool's whole target store "
+                               f"(max_target_store_bytes {self.config.max_target_store_bytes})")
         ready = [s for s in self.slots if s.state is SlotState.READY]
         if not ready:
             raise PoolUnavailable("no ready reward worker to validate the target")
-        await ready[0].actor.put_targets.remote({key: image})
-        self.targets[key] = image
-        results = await asyncio.gather(*(s.actor.put_targets.remote({key: image}) for s in ready[1:]),
-                                       return_exceptions=True)
-        return 1 + sum(not isinstance(r, BaseException) for r in results)
+        version = next(self._versions)
+        await ready[0].actor.put_target.remote(key, image, version)
+        dropped = self._register(key, image, version)
+        calls = [s.actor.put_target.remote(key, image, version) for s in ready[1:]]
+        if dropped:
+            calls += [s.actor.drop_targets.remote(dropped) for s in ready]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        return 1 + sum(not isinstance(r, BaseException) for r in results[:len(ready) - 1])
+
+    def _register(self, key: str, image: bytes, version: int) -> list[str]:
+        """Record the key's image; return the least recently used keys dropped to stay in budget."""
+        old = self.targets.pop(key, None)
+        if old is not None:
+            self.target_bytes -= len(old[0])
+        dropped = []
+        while self.targets and self.target_bytes + len(image) > self.config.max_target_store_bytes:
+            gone, (data, _) = self.targets.popitem(last=False)
+            self.target_bytes -= len(data)
+            dropped.append(gone)
+        self.targets[key] = (image, version)
+        self.target_bytes += len(image)
+        if dropped:
+            log.info("target store full: dropped %d least recently used key(s)", len(dropped))
+        return dropped
+
+    async def delete_target(self, key: str) -> int:
+        """Forget a key here and on every worker (UnknownTarget if it is not registered); returns
+        how many workers held it."""
+        entry = self.targets.pop(key, None)
+        if entry is None:
+            raise UnknownTarget(f"target: unknown target key {key!r}")
+        self.target_bytes -= len(entry[0])
+        live = [s for s in self.slots if s.state in (SlotState.READY, SlotState.DRAINING)]
+        results = await asyncio.gather(*(s.actor.drop_targets.remote([key]) for s in live), return_exceptions=True)
+        return sum(r for r in results if isinstance(r, int))
+
+    async def _give_target(self, slot: WorkerSlot, key: str) -> None:
+        """Put a registered target onto a worker that lacks it (restarted, started later, evicted it)."""
+        entry = self.targets.get(key)
+        if entry is None:
+            return
+        try:
+            await slot.actor.put_target.remote(key, entry[0], entry[1])
+        except RayActorError as err:
+            self._worker_failed(slot, err)
 
     # ---- dispatch --------------------------------------------------------------------------------
     async def _acquire(self, deadline: float) -> WorkerSlot:
@@ -300,23 +475,34 @@ class RewardPool:
 
         `timeout_s` bounds the whole call (asyncio.TimeoutError when it passes): a task still waiting
         in the pool is dropped, and the worker gets the deadline, so it skips a task that reaches it
-        too late and stops executing one that runs out of time. Raises RequestError for a malformed
-        request, UnknownTarget, PoolUnavailable, WorkerCrashed.
+        too late and stops executing one that runs out of time. A task the caller gives up on
+        (timeout or cancellation) after it was sent is cancelled on the worker (`_abandon`), never
+        with ray.cancel. Raises RequestError for a malformed request, UnknownTarget,
+        PoolUnavailable, WorkerCrashed.
         """
         self._bind_loop()
         deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.config.ready_timeout_s)
         failures: list[str] = []
+        key = request.target if isinstance(request.target, str) else None
         while True:
+            version = None
+            if key is not None:
+                if key not in self.targets:
+                    raise UnknownTarget(f"target: unknown target key {key!r}; register it with PutTarget")
+                version = self.targets[key][1]
             slot = await self._acquire(deadline)
+            task_id = f"t{next(self._task_ids)}"
+            remaining = deadline - time.monotonic()
+            ref = slot.actor.score.remote(request, time.time() + remaining if timeout_s is not None else None,
+                                          task_id, version)
+            done = asyncio.wrap_future(ref.future())
             try:
-                remaining = deadline - time.monotonic()
-                ref = slot.actor.score.remote(request, time.time() + remaining if timeout_s is not None else None)
-                try:
-                    results = await asyncio.wait_for(ref, max(remaining, 0.0))
-                except (asyncio.TimeoutError, asyncio.CancelledError):
-                    ray.cancel(ref)
-                    raise
+                results = await asyncio.wait_for(asyncio.shield(done), max(remaining, 0.0))
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                self._abandon(slot, task_id, done)
+                raise
             except RayActorError as err:
+                self._release(slot)
                 self._worker_failed(slot, err)
                 failures.append(f"{slot.name}: {type(err).__name__}")
                 if len(failures) >= self.config.max_attempts:
@@ -324,37 +510,56 @@ class RewardPool:
                 self.counters["retries"] += 1
                 continue
             except MissingTarget:
-                if request.target not in self.targets:
-                    raise UnknownTarget(f"target: unknown target key {request.target!r}; "
-                                        "register it with PutTarget") from None
-                failures.append(f"{slot.name}: missing target {request.target!r}")
+                self._release(slot)
+                failures.append(f"{slot.name}: missing target {key!r}")
                 if len(failures) >= self.config.max_attempts + 1:
                     raise WorkerCrashed(f"could not place the target on a worker: {failures}") from None
-                await self._give_targets(slot)
+                await self._give_target(slot, key)
                 continue
-            finally:
+            except BaseException:
                 self._release(slot)
+                raise
+            self._release(slot)
             self.counters["tasks"] += 1
             return results
 
-    async def _give_targets(self, slot: WorkerSlot) -> None:
-        """Replay the registered targets onto a worker that lost them (restarted, or started later)."""
+    def _abandon(self, slot: WorkerSlot, task_id: str, done: asyncio.Future) -> None:
+        """The caller gave up on a task already sent: ask the worker to skip or stop it, and keep the
+        slot's in-flight count until the worker is done with it (so the pool never queues more than
+        `max_in_flight` tasks on a worker that is still busy with abandoned ones)."""
+        self.counters["abandoned"] += 1
+        if done.done():
+            if not done.cancelled():
+                done.exception()  # retrieve it, so asyncio logs no "exception was never retrieved"
+            self._release(slot)
+            return
+        cancel = asyncio.wrap_future(slot.actor.cancel.remote(task_id).future())
+        self._spawn(self._settle(slot, done, cancel))
+
+    async def _settle(self, slot: WorkerSlot, *futures: asyncio.Future) -> None:
         try:
-            await slot.actor.put_targets.remote(dict(self.targets))
-        except RayActorError as err:
-            self._worker_failed(slot, err)
+            for future in futures:
+                try:
+                    await future
+                except RayActorError as err:
+                    self._worker_failed(slot, err)
+                except Exception:  # noqa: BLE001 — the abandoned task's outcome has no reader
+                    pass
+        finally:
+            self._release(slot)
 
     # ---- reporting -------------------------------------------------------------------------------
     def status(self) -> dict[str, int]:
         count = {state: sum(s.state is state for s in self.slots) for state in SlotState}
         return {"workers": self.size, "ready": count[SlotState.READY], "starting": count[SlotState.STARTING],
                 "recovering": count[SlotState.RECOVERING], "draining": count[SlotState.DRAINING],
-                "in_flight": sum(s.in_flight for s in self.slots), **self.counters}
+                "in_flight": sum(s.in_flight for s in self.slots), "targets": len(self.targets),
+                "target_bytes": self.target_bytes, **self.counters}
 
     async def worker_stats(self) -> list[dict[str, int]]:
         ready = [s for s in self.slots if s.state is SlotState.READY]
         return list(await asyncio.gather(*(s.actor.stats.remote() for s in ready)))
 
 
-__all__ = ["DeadlinePassed", "MissingTarget", "PoolConfig", "PoolUnavailable", "RewardPool", "RewardWorkerActor",
-           "RewardWorkerShell", "UnknownTarget", "WorkerCrashed"]
+__all__ = ["DeadlinePassed", "InsufficientResources", "InvalidSize", "MissingTarget", "PoolConfig", "PoolUnavailable",
+           "RewardPool", "RewardWorkerActor", "RewardWorkerShell", "TaskCancelled", "UnknownTarget", "WorkerCrashed"]

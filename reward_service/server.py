@@ -1,15 +1,25 @@
-"""gRPC reward server (grpc.aio): Score, ScoreStream, PutTarget, Resize, health, token auth, TLS.
+"""gRPC reward server (grpc.aio): Score, ScoreStream, PutTarget, DeleteTarget, ListGraphs,
+DescribeGraph, Resize (administrative), GetPoolStatus; health, server reflection, token auth, TLS.
 
 Every request is decoded and checked here (Arrow schema, graph, target key) before any worker
 sees it, then split into tasks of at most `chunk_samples` rows that the pool scores in parallel.
-Failures become gRPC statuses whose message names the culprit (see proto/reward.proto).
+Failures become gRPC statuses whose message names the culprit (docs/reward_api.md,
+proto/reward.proto).
+
+Auth: with `token_file`, every call but health checks needs "authorization: Bearer <token>".
+Resize is administrative: it needs the token of `admin_token_file` (which is also accepted
+wherever the scoring token is), and a server without an admin token answers it PERMISSION_DENIED,
+so a scoring client can neither empty the pool nor ask for more workers than exist.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import hmac
 import ipaddress
+import json
 import logging
 import threading
 import time
@@ -21,13 +31,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from graph_executor.errors import GraphError
-from graph_executor.ir import loads_graph
-from graph_executor.library import library_names
+from graph_executor.ir import Graph, loads_graph
+from graph_executor.library import library_names, load_library_graph
 from reward_service.arrow_codec import PayloadError, SampleGroup, decode_request, encode_response
-from reward_service.pool import PoolUnavailable, RewardPool, UnknownTarget, WorkerCrashed
+from reward_service.pool import (InsufficientResources, InvalidSize, PoolUnavailable, RewardPool, UnknownTarget,
+                                 WorkerCrashed)
 from reward_service.proto import reward_pb2, reward_pb2_grpc
-from reward_service.api import (DEFAULT_MAX_MESSAGE_BYTES, HEALTH_PREFIX, SERVICE_NAME, RequestError,  # noqa: F401
-                                 read_token)
+from reward_service.api import (DEFAULT_MAX_MESSAGE_BYTES, HEALTH_PREFIX, LIBRARY_PREFIX, SERVICE_NAME,  # noqa: F401
+                                 RequestError, read_token)
+
+MAX_KEY_CHARS = 1024
+ADMIN_METHODS = frozenset({f"/{SERVICE_NAME}/Resize"})
+# What parsing untrusted graph JSON may raise besides GraphError (deep nesting, odd values)
+_PARSE_ERRORS = (GraphError, ValueError, TypeError, KeyError, RecursionError)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +71,9 @@ class ServerConfig(BaseModel):
     tls_key: Path | None = None
     insecure: bool = Field(False, description="allow plaintext on a non-loopback host")
     token_file: Path | None = Field(None, description="shared token: clients send 'authorization: Bearer <token>'")
+    admin_token_file: Path | None = Field(None, description="admin token for Resize (also accepted for every "
+                                          "other call); without it Resize answers PERMISSION_DENIED")
+    reflection: bool = Field(True, description="serve gRPC server reflection (grpc.reflection.v1alpha)")
     health_interval_s: float = Field(0.5, gt=0)
 
     @model_validator(mode="after")
@@ -64,6 +83,8 @@ class ServerConfig(BaseModel):
         if not is_loopback(self.host) and self.tls_cert is None and not self.insecure:
             raise ValueError(f"listening on {self.host} (not loopback) needs TLS (--tls-cert/--tls-key) "
                              "or an explicit --insecure")
+        if self.admin_token_file is not None and self.admin_token_file == self.token_file:
+            raise ValueError("the admin token file must differ from the scoring token file")
         return self
 
     @property
@@ -95,6 +116,10 @@ def _failure(err: BaseException) -> RpcFailure:
         return RpcFailure(grpc.StatusCode.UNAVAILABLE, str(err))
     if isinstance(err, WorkerCrashed):
         return RpcFailure(grpc.StatusCode.INTERNAL, str(err))
+    if isinstance(err, InvalidSize):
+        return RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+    if isinstance(err, InsufficientResources):
+        return RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
     log.exception("unexpected error while scoring", exc_info=err)
     return RpcFailure(grpc.StatusCode.INTERNAL, f"{type(cause).__name__}: {cause}")
 
@@ -119,25 +144,23 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
     def __init__(self, pool: RewardPool, config: ServerConfig):
         self.pool = pool
         self.config = config
-        self._graphs: OrderedDict[str, None] = OrderedDict()
+        self._graphs: OrderedDict[bytes, None] = OrderedDict()
 
     # ---- request checks ----------------------------------------------------------------------
     def _check_group(self, group: SampleGroup) -> None:
         if group.graph_id is not None:
-            if group.graph_id not in library_names():
-                raise RpcFailure(grpc.StatusCode.NOT_FOUND,
-                                 f"graph_id: unknown library graph {group.graph_id!r}")
-        elif group.structure not in self._graphs:
-            try:
-                loads_graph(group.structure)
-            except GraphError as err:
-                raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, f"graph_json: {err}") from None
-            self._graphs[group.structure] = None
-            while len(self._graphs) > 256:
-                self._graphs.popitem(last=False)
-        if group.target_key is not None and group.target_key not in self.pool.targets:
+            _check_graph_id(group.graph_id)
+        else:  # remember validated structures by digest: 256 texts of up to a message each would not be small
+            digest = hashlib.sha1(group.structure.encode()).digest()
+            if digest not in self._graphs:
+                _parse_graph_json(group.structure)
+                self._graphs[digest] = None
+                while len(self._graphs) > 256:
+                    self._graphs.popitem(last=False)
+        if group.target_key is not None and not self.pool.has_target(group.target_key):
             raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"target_key: unknown target key {group.target_key!r}; "
-                                                        "register it with PutTarget")
+                                                        "register it with PutTarget (keys are dropped when "
+                                                        "deleted or least recently used beyond the store's budget)")
 
     async def _score(self, request: reward_pb2.ScoreRequest, time_remaining: float | None) -> reward_pb2.ScoreResponse:
         start = time.perf_counter()
@@ -205,8 +228,9 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
                 task.cancel()
 
     async def PutTarget(self, request, context):
-        if not request.key:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "key: empty target key")
+        if not request.key or len(request.key) > MAX_KEY_CHARS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"key: target keys have 1 to {MAX_KEY_CHARS} characters, got {len(request.key)}")
         try:
             workers = await self.pool.put_target(request.key, request.image)
         except Exception as err:  # noqa: BLE001
@@ -214,42 +238,142 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             await context.abort(failure.code, f"target {request.key!r}: {failure.message}")
         return reward_pb2.PutTargetResponse(key=request.key, workers=workers)
 
+    async def DeleteTarget(self, request, context):
+        try:
+            workers = await self.pool.delete_target(request.key)
+        except Exception as err:  # noqa: BLE001
+            failure = _failure(err)
+            await context.abort(failure.code, f"key: {failure.message}")
+        return reward_pb2.DeleteTargetResponse(key=request.key, workers=workers)
+
+    async def ListGraphs(self, request, context):
+        return reward_pb2.ListGraphsResponse(graphs=_library_summaries())
+
+    async def DescribeGraph(self, request, context):
+        which = request.WhichOneof("graph")
+        try:
+            if which == "graph_id":
+                return _describe(load_library_graph(_check_graph_id(request.graph_id)), request.graph_id)
+            if which == "graph_json":
+                return _describe(_parse_graph_json(request.graph_json))
+            raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, "graph: give graph_id or graph_json")
+        except RpcFailure as failure:
+            await context.abort(failure.code, failure.message)
+
     async def Resize(self, request, context):
-        if request.workers < 0:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"workers: must be >= 0, got {request.workers}")
+        """Administrative (the interceptor checks the admin token). If the caller gives up, grpc.aio
+        cancels this coroutine and the pool removes the workers that are not ready yet."""
         try:
             await self.pool.resize(request.workers)
-        except PoolUnavailable as err:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
-        return reward_pb2.PoolStatus(**self.pool.status())
+        except Exception as err:  # noqa: BLE001
+            failure = _failure(err)
+            await context.abort(failure.code, failure.message)
+        return self._status()
 
     async def GetPoolStatus(self, request, context):
-        return reward_pb2.PoolStatus(**self.pool.status())
+        return self._status()
+
+    def _status(self) -> reward_pb2.PoolStatus:
+        return reward_pb2.PoolStatus(**self.pool.status(), max_workers=self.pool.size_limit(),
+                                     min_workers=self.pool.config.min_workers)
+
+
+def _check_graph_id(graph_id: str) -> str:
+    if graph_id not in library_names():
+        hint = (f" (graph_id takes the bare library name, e.g. {graph_id[len(LIBRARY_PREFIX):]!r}; "
+                f"'{LIBRARY_PREFIX}' is the Python API's prefix)" if graph_id.startswith(LIBRARY_PREFIX) else
+                "; ListGraphs lists the library")
+        raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"graph_id: unknown library graph {graph_id!r}{hint}")
+    return graph_id
+
+
+def _parse_graph_json(text: str) -> Graph:
+    try:
+        return loads_graph(text)
+    except _PARSE_ERRORS as err:
+        raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"graph_json: {err if isinstance(err, GraphError) else type(err).__name__ + ': ' + str(err)}"
+                         ) from None
+
+
+@functools.lru_cache(maxsize=1)
+def _library_summaries_cached(names: tuple[str, ...]) -> tuple:
+    out = []
+    for name in names:
+        graph = load_library_graph(name)
+        out.append(reward_pb2.GraphSummary(
+            graph_id=name, category=graph.category, description=str(graph.meta.get("description", "")),
+            nodes=len(graph.nodes), parameters=sum(len(n.spec.params) for n in graph.nodes.values())))
+    return tuple(out)
+
+
+def _library_summaries() -> list:
+    return list(_library_summaries_cached(tuple(library_names())))
+
+
+def _describe(graph: Graph, graph_id: str = "") -> reward_pb2.GraphDescription:
+    """Every node and parameter that the params JSON may set, with the graph's value."""
+    nodes = []
+    for node in graph.nodes.values():
+        params = []
+        for spec in node.spec.params:
+            params.append(reward_pb2.ParameterDescription(
+                name=spec.name, kind=spec.kind.value, low=spec.low, high=spec.high, choices=list(spec.choices),
+                components=spec.components, value_json=json.dumps(node.params.get(spec.name, spec.default)),
+                default_json=json.dumps(spec.default), predicted=spec.predicted, doc=spec.doc))
+        nodes.append(reward_pb2.NodeDescription(name=node.name, type=node.type, parameters=params))
+    return reward_pb2.GraphDescription(graph_id=graph_id, name=graph.name, category=graph.category,
+                                       description=str(graph.meta.get("description", "")),
+                                       graph_json=graph.to_json(indent=None), nodes=nodes)
 
 
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
-    """Rejects calls without 'authorization: Bearer <token>' (health checks are exempt)."""
+    """Checks 'authorization: Bearer <token>' metadata. Health checks are exempt. Administrative
+    methods (ADMIN_METHODS) need the admin token: without one configured they are refused
+    (PERMISSION_DENIED), a scoring token gets PERMISSION_DENIED, no or a wrong token
+    UNAUTHENTICATED. Other methods need the scoring token (or the admin token) when one is set."""
 
-    def __init__(self, token: str):
-        self._expected = f"Bearer {token}".encode()
+    def __init__(self, token: str | None, admin_token: str | None = None):
+        self._expected = f"Bearer {token}".encode() if token else None
+        self._admin = f"Bearer {admin_token}".encode() if admin_token else None
+
+    @staticmethod
+    def _matches(given: bytes | None, expected: bytes | None) -> bool:
+        return given is not None and expected is not None and hmac.compare_digest(given, expected)
+
+    def _refusal(self, method: str, given: bytes | None) -> tuple[grpc.StatusCode, str] | None:
+        if method.startswith(HEALTH_PREFIX):
+            return None
+        if method in ADMIN_METHODS:
+            name = method.rsplit("/", 1)[-1]
+            if self._admin is None:
+                return (grpc.StatusCode.PERMISSION_DENIED, f"{name} is an administrative call and this server has "
+                        "no admin token (start it with an admin token file: --admin-token-file)")
+            if self._matches(given, self._admin):
+                return None
+            if self._matches(given, self._expected):
+                return grpc.StatusCode.PERMISSION_DENIED, f"{name} needs the admin token, not the scoring token"
+            return grpc.StatusCode.UNAUTHENTICATED, (f"{name} needs 'authorization: Bearer <admin token>' metadata"
+                                                     if given is None else "wrong token in 'authorization' metadata")
+        if self._expected is None or self._matches(given, self._expected) or self._matches(given, self._admin):
+            return None
+        return grpc.StatusCode.UNAUTHENTICATED, ("missing 'authorization: Bearer <token>' metadata" if given is None
+                                                 else "wrong token in 'authorization' metadata")
 
     async def intercept_service(self, continuation, handler_call_details):
         method = handler_call_details.method or ""
-        if method.startswith(HEALTH_PREFIX):
-            return await continuation(handler_call_details)
         metadata = dict(handler_call_details.invocation_metadata or ())
         given = metadata.get("authorization")
-        if given is not None and hmac.compare_digest(str(given).encode(), self._expected):
-            return await continuation(handler_call_details)
-        message = ("missing 'authorization: Bearer <token>' metadata" if given is None
-                   else "wrong token in 'authorization' metadata")
+        refusal = self._refusal(method, None if given is None else str(given).encode())
         handler = await continuation(handler_call_details)
-        return _denying(handler, message) if handler is not None else None
+        if refusal is None or handler is None:
+            return handler
+        return _denying(handler, *refusal)
 
 
-def _denying(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+def _denying(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
     async def deny(_request, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await context.abort(code, message)
 
     kwargs = dict(request_deserializer=handler.request_deserializer,
                   response_serializer=handler.response_serializer)
@@ -270,12 +394,21 @@ class RewardServer:
         self.config = config
         self.port: int | None = None
         self.health = health.aio.HealthServicer()
-        interceptors = [TokenAuthInterceptor(read_token(config.token_file))] if config.token_file else []
+        token = read_token(config.token_file) if config.token_file else None
+        admin = read_token(config.admin_token_file) if config.admin_token_file else None
+        if admin is not None and admin == token:
+            raise ValueError("the admin token must differ from the scoring token")
         limit = config.max_message_bytes
-        self.server = grpc.aio.server(interceptors=interceptors, options=[
+        self.server = grpc.aio.server(interceptors=[TokenAuthInterceptor(token, admin)], options=[
             ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)])
         reward_pb2_grpc.add_RewardServiceServicer_to_server(RewardServicer(pool, config), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        if config.reflection:
+            from grpc_reflection.v1alpha import reflection
+
+            reflection.enable_server_reflection(
+                (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                 reflection.SERVICE_NAME), self.server)
         self._health_task: asyncio.Task | None = None
 
     async def start(self) -> int:

@@ -9,11 +9,10 @@ an unparsable graph — gives that sample `failure_reward`, ok=False and a reaso
 from __future__ import annotations
 
 import hashlib
-import io
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -25,6 +24,7 @@ from graph_executor.render import render_flash
 from reward_service.allocator import retain_freed_memory
 from reward_service.api import LIBRARY_PREFIX, RequestError, ScoreRequest, ScoreResult, TargetImage
 from reward_service.config import RewardConfig
+from reward_service.images import ImageError, decode_image
 from reward_service.metrics import AppearanceMetric, Descriptor
 
 @dataclass
@@ -56,6 +56,53 @@ class _LRU(OrderedDict):
             self.popitem(last=False)
 
 
+class TargetStore:
+    """Descriptors of the targets put under keys, least recently used first, bounded in bytes.
+
+    What a key costs is its Descriptor (Gram matrices and pooled L*a*b*), not its pixels: about
+    0.47 MB with EfficientNet-Lite0 and 2.4 MB with VGG19, whatever the image's size (a 4096²
+    image decoded to float32 would be 201 MB). When `capacity_bytes` would be exceeded the least
+    recently used keys are evicted; the pool puts an evicted key back when a request needs it.
+    """
+
+    def __init__(self, capacity_bytes: int):
+        self.capacity_bytes = capacity_bytes
+        self.entries: OrderedDict[str, tuple[Descriptor, int]] = OrderedDict()
+        self.nbytes = 0
+        self.evictions = 0
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def get(self, key: str) -> Descriptor | None:
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        self.entries.move_to_end(key)
+        return entry[0]
+
+    def put(self, key: str, descriptor: Descriptor) -> None:
+        size = sum(t.untyped_storage().nbytes() for t in [*descriptor.grams, descriptor.lab])
+        if size > self.capacity_bytes:
+            raise RequestError(f"target {key!r}: its descriptor takes {size} bytes, more than the whole "
+                               f"target store (target_store_bytes {self.capacity_bytes})")
+        self.pop(key)
+        while self.entries and self.nbytes + size > self.capacity_bytes:
+            self.pop(next(iter(self.entries)))
+            self.evictions += 1
+        self.entries[key] = (descriptor, size)
+        self.nbytes += size
+
+    def pop(self, key: str) -> bool:
+        entry = self.entries.pop(key, None)
+        if entry is not None:
+            self.nbytes -= entry[1]
+        return entry is not None
+
+
 def _short(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
@@ -75,14 +122,18 @@ class RewardWorker:
         self.metric.lab_weights = self.metric.lab_weights.to(self.device)
         self.plans = _LRU(config.plan_cache_size)
         self.targets = _LRU(config.target_cache_size)
-        self.target_store: dict[str, torch.Tensor] = {}
-        self.counters = {"requests": 0, "samples": 0, "failures": 0, "timeouts": 0}
+        self.target_store = TargetStore(config.target_store_bytes)
+        self.counters = {"requests": 0, "samples": 0, "failures": 0, "timeouts": 0, "cancelled": 0}
 
     # ---- targets -------------------------------------------------------------------------------
     def put_target(self, key: str, image: np.ndarray | torch.Tensor | bytes) -> None:
-        """Keep a decoded target under `key`, so requests can name it instead of shipping pixels."""
-        self.target_store[key] = self._decode_target(image)
-        self.targets.pop(f"key:{key}", None)
+        """Keep a target's descriptor under `key`, so requests can name it instead of shipping pixels
+        (bounded: `TargetStore`). A bad image raises RequestError and leaves the key as it was."""
+        descriptor = self.metric.describe(self._decode_target(image).to(self.device))
+        self.target_store.put(key, descriptor)
+
+    def drop_target(self, key: str) -> bool:
+        return self.target_store.pop(key)
 
     def _decode_target(self, image: Any) -> torch.Tensor:
         cfg = self.config
@@ -90,17 +141,10 @@ class RewardWorker:
             data = bytes(image)
             if len(data) > cfg.max_target_bytes:
                 raise RequestError(f"target: {len(data)} bytes exceeds max_target_bytes {cfg.max_target_bytes}")
-            from PIL import Image, UnidentifiedImageError
             try:
-                with Image.open(io.BytesIO(data)) as im:
-                    w, h = im.size
-                    if max(w, h) > cfg.max_target_side:
-                        raise RequestError(f"target: {w}x{h} image exceeds max_target_side {cfg.max_target_side}")
-                    array = np.asarray(im.convert("RGB"))
-            except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
-                if isinstance(err, RequestError):
-                    raise
-                raise RequestError(f"target: bytes do not decode as an image ({_short(err)})") from None
+                array = decode_image(data, cfg.max_target_side)
+            except ImageError as err:
+                raise RequestError(f"target: {err}") from None
         elif isinstance(image, (np.ndarray, torch.Tensor)):
             array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else image
         else:
@@ -118,7 +162,7 @@ class RewardWorker:
             raise RequestError(f"target: {w}x{h} outside the accepted sides "
                                f"[{cfg.min_target_side}, {cfg.max_target_side}]")
         if array.dtype == np.uint8:
-            pixels = torch.from_numpy(np.array(array, dtype=np.float32)) / 255.0
+            pixels = torch.from_numpy(array.astype(np.float32)).div_(255.0)  # one float copy, not two
         elif np.issubdtype(array.dtype, np.floating):
             pixels = torch.from_numpy(np.array(array, dtype=np.float32))
             if not torch.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 1:
@@ -131,10 +175,11 @@ class RewardWorker:
 
     def _target_descriptor(self, target: TargetImage) -> Descriptor:
         if isinstance(target, str):
-            if target not in self.target_store:
+            stored = self.target_store.get(target)
+            if stored is None:
                 raise RequestError(f"target: unknown target key {target!r}")
-            key = f"key:{target}"
-        elif isinstance(target, (bytes, bytearray, memoryview)):
+            return stored
+        if isinstance(target, (bytes, bytearray, memoryview)):
             key = "bytes:" + hashlib.sha1(bytes(target)).hexdigest()
         elif isinstance(target, (np.ndarray, torch.Tensor)):
             arr = np.ascontiguousarray(target.detach().cpu().numpy() if isinstance(target, torch.Tensor) else target)
@@ -144,8 +189,7 @@ class RewardWorker:
                                f"got {type(target).__name__}")
         cached = self.targets.lookup(key)
         if cached is None:
-            pixels = self.target_store[target] if isinstance(target, str) else self._decode_target(target)
-            cached = self.metric.describe(pixels.to(self.device))
+            cached = self.metric.describe(self._decode_target(target).to(self.device))
             self.targets.put(key, cached)
         return cached
 
@@ -170,11 +214,24 @@ class RewardWorker:
         return compiled.tokenizer.detokenize(tokens)
 
     # ---- scoring ---------------------------------------------------------------------------------
-    def score(self, request: ScoreRequest) -> list[ScoreResult]:
-        """One result per sample, in order. Raises RequestError only for a malformed request."""
+    def score(self, request: ScoreRequest, cancelled: Callable[[], bool] | None = None) -> list[ScoreResult]:
+        """One result per sample, in order. Raises RequestError only for a malformed request.
+
+        `cancelled` (optional) is asked between micro-batches, like the timeout: once it answers
+        True the remaining samples fail with a `cancelled:` reason (the caller gave up on them).
+        """
         start = time.perf_counter()
         timeout = request.timeout_s if request.timeout_s is not None else self.config.default_timeout_s
         deadline = start + timeout
+        stopped = ""
+
+        def expired() -> bool:
+            nonlocal stopped
+            if not stopped and cancelled is not None and cancelled():
+                stopped = "cancelled: the caller gave up on the request"
+            elif not stopped and time.perf_counter() > deadline:
+                stopped = f"timeout: request exceeded {timeout:g}s"
+            return bool(stopped)
         n = len(request.seeds)
         if (request.param_sets is None) == (request.tokens is None):
             raise RequestError("give exactly one of param_sets and tokens")
@@ -212,24 +269,24 @@ class RewardWorker:
         good = list(overrides)
         images: dict[int, torch.Tensor] = {}
         for lo in range(0, len(good), self.config.samples_per_call):
-            if time.perf_counter() > deadline:
+            if expired():
                 break
             chunk = good[lo:lo + self.config.samples_per_call]
             images.update(self._render_chunk(compiled.plan, chunk, overrides, request.seeds, fail, timings))
 
         for i in good:
             if i not in images and results[i] is None:
-                fail(i, f"timeout: request exceeded {timeout:g}s before this sample was executed")
-                self.counters["timeouts"] += 1
+                fail(i, f"{stopped} before this sample was executed")
+                self.counters["cancelled" if stopped.startswith("cancelled") else "timeouts"] += 1
 
         t = time.perf_counter()
         done = [i for i in good if i in images]
         for lo in range(0, len(done), self.config.samples_per_call):
             chunk = done[lo:lo + self.config.samples_per_call]
-            if time.perf_counter() > deadline:
+            if expired():
                 for i in chunk:
-                    fail(i, f"timeout: request exceeded {timeout:g}s before this sample's reward was computed")
-                self.counters["timeouts"] += len(chunk)
+                    fail(i, f"{stopped} before this sample's reward was computed")
+                self.counters["cancelled" if stopped.startswith("cancelled") else "timeouts"] += len(chunk)
                 continue
             try:
                 pred = self.metric.describe(torch.cat([images[i] for i in chunk]))
@@ -310,4 +367,6 @@ class RewardWorker:
     def stats(self) -> dict[str, int]:
         """Counters and cache statistics, for metrics export."""
         return {**self.counters, "plan_cache_hits": self.plans.hits, "plan_cache_misses": self.plans.misses,
-                "target_cache_hits": self.targets.hits, "target_cache_misses": self.targets.misses}
+                "target_cache_hits": self.targets.hits, "target_cache_misses": self.targets.misses,
+                "target_store_keys": len(self.target_store), "target_store_bytes": self.target_store.nbytes,
+                "target_store_evictions": self.target_store.evictions}

@@ -33,11 +33,16 @@ def request(n: int, target=TARGET) -> ScoreRequest:
                         param_sets=[{"noise": {"persistence": 0.1 + 0.8 * (i % 17) / 17}} for i in range(n)])
 
 
+ADMIN = "admin-token-pool"
+
+
 @pytest.fixture(scope="module")
-def service():
+def service(tmp_path_factory):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    server = BackgroundServer(RewardPool(REWARD, PoolConfig(workers=1, max_restarts=1)),
-                              ServerConfig(port=0, chunk_samples=CHUNK))
+    admin_file = tmp_path_factory.mktemp("admin") / "admin_token"
+    admin_file.write_text(ADMIN)
+    server = BackgroundServer(RewardPool(REWARD, PoolConfig(workers=1, max_restarts=1, min_workers=0)),
+                              ServerConfig(port=0, chunk_samples=CHUNK, admin_token_file=admin_file))
     try:
         server.start(timeout_s=300)
         yield server
@@ -48,7 +53,7 @@ def service():
 
 @pytest.fixture
 def client(service):
-    with RewardClient(service.address, timeout_s=120) as c:
+    with RewardClient(service.address, timeout_s=120, admin_token=ADMIN) as c:
         yield c
 
 

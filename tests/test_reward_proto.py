@@ -48,7 +48,8 @@ def test_generated_modules_import_by_package_path_and_declare_the_service():
 
     service = reward_pb2.DESCRIPTOR.services_by_name["RewardService"]
     assert service.full_name == "matrl.reward.v1.RewardService"
-    assert {m.name for m in service.methods} == {"Score", "ScoreStream", "PutTarget", "Resize", "GetPoolStatus"}
+    assert {m.name for m in service.methods} == {"Score", "ScoreStream", "PutTarget", "DeleteTarget",
+                                                        "ListGraphs", "DescribeGraph", "Resize", "GetPoolStatus"}
     stream = service.methods_by_name["ScoreStream"]
     assert stream.client_streaming and stream.server_streaming
     assert hasattr(reward_pb2_grpc, "RewardServiceStub")

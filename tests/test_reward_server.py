@@ -186,7 +186,7 @@ BAD_INPUTS = {
     "invalid graph json": (_score(structure=BAD_GRAPH), grpc.StatusCode.INVALID_ARGUMENT,
                            "graph_json: node 'n': unknown node type 'no_such_node'"),
     "corrupt image": (_score(target=b"\x89PNG\r\n\x1a\n truncated"), grpc.StatusCode.INVALID_ARGUMENT,
-                      "target: bytes do not decode as an image"),
+                      "target: PNG truncated"),
     "wrong-size image": (_score(target=png(8)), grpc.StatusCode.INVALID_ARGUMENT,
                          "target: 8x8 outside the accepted sides"),
     "unknown target key": (_score(target="no/such/key"), grpc.StatusCode.NOT_FOUND,

@@ -1,7 +1,8 @@
 """`matrl serve-reward --port 50051 --workers K [--address RAY_ADDRESS]`: the gRPC reward service.
 
 Binds 127.0.0.1 unless --host says otherwise; a non-loopback host needs TLS (--tls-cert and
---tls-key) or an explicit --insecure. --token-file turns on shared-token auth. Prints
+--tls-key) or an explicit --insecure. --token-file turns on shared-token auth; Resize needs the
+token in --admin-token-file (without one it is refused). Prints
 "reward service listening on HOST:PORT" once it serves (with --port 0, the port it picked).
 """
 
@@ -31,6 +32,8 @@ def register(subparsers) -> None:
     p.add_argument("--insecure", action="store_true", help="allow plaintext on a non-loopback host")
     p.add_argument("--token-file", type=Path, default=None,
                    help="file holding a shared token; clients send 'authorization: Bearer <token>'")
+    p.add_argument("--admin-token-file", type=Path, default=None,
+                   help="file holding the admin token that Resize needs; without it Resize is refused")
     p.add_argument("--max-message-mb", type=float, default=64.0, help="largest request/response accepted")
     p.add_argument("--chunk-samples", type=int, default=64, help="rows per worker task")
     p.add_argument("--reward-config", type=Path, default=None, help="YAML of RewardConfig fields")
@@ -47,8 +50,9 @@ def build_configs(args):
 
     server = ServerConfig(host=args.host, port=args.port, max_message_bytes=int(args.max_message_mb * (1 << 20)),
                           chunk_samples=args.chunk_samples, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                          insecure=args.insecure, token_file=args.token_file)
-    for path in (args.tls_cert, args.tls_key, args.token_file):
+                          insecure=args.insecure, token_file=args.token_file,
+                          admin_token_file=args.admin_token_file)
+    for path in (args.tls_cert, args.tls_key, args.token_file, args.admin_token_file):
         if path is not None and not path.is_file():
             raise ValueError(f"{path} does not exist")
     fields = yaml.safe_load(args.reward_config.read_text()) if args.reward_config else {}

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!reward_service/proto/reward.proto\x12\x0fmatrl.reward.v1\"7\n\x0cScoreRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61rrow_batch\x18\x02 \x01(\x0c\"\xd8\x01\n\rScoreResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61rrow_batch\x18\x02 \x01(\x0c\x12?\n\ttimings_s\x18\x03 \x03(\x0b\x32,.matrl.reward.v1.ScoreResponse.TimingsSEntry\x12,\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x1d.matrl.reward.v1.RequestError\x1a/\n\rTimingsSEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"-\n\x0cRequestError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\".\n\x10PutTargetRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\"1\n\x11PutTargetResponse\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07workers\x18\x02 \x01(\x05\" \n\rResizeRequest\x12\x0f\n\x07workers\x18\x01 \x01(\x05\"\x13\n\x11PoolStatusRequest\"\xa9\x01\n\nPoolStatus\x12\x0f\n\x07workers\x18\x01 \x01(\x05\x12\r\n\x05ready\x18\x02 \x01(\x05\x12\x10\n\x08starting\x18\x03 \x01(\x05\x12\x12\n\nrecovering\x18\x04 \x01(\x05\x12\x10\n\x08\x64raining\x18\x05 \x01(\x05\x12\x11\n\tin_flight\x18\x06 \x01(\x05\x12\r\n\x05tasks\x18\x07 \x01(\x03\x12\x0f\n\x07retries\x18\x08 \x01(\x03\x12\x10\n\x08restarts\x18\t \x01(\x03\x32\x96\x03\n\rRewardService\x12\x46\n\x05Score\x12\x1d.matrl.reward.v1.ScoreRequest\x1a\x1e.matrl.reward.v1.ScoreResponse\x12P\n\x0bScoreStream\x12\x1d.matrl.reward.v1.ScoreRequest\x1a\x1e.matrl.reward.v1.ScoreResponse(\x01\x30\x01\x12R\n\tPutTarget\x12!.matrl.reward.v1.PutTargetRequest\x1a\".matrl.reward.v1.PutTargetResponse\x12\x45\n\x06Resize\x12\x1e.matrl.reward.v1.ResizeRequest\x1a\x1b.matrl.reward.v1.PoolStatus\x12P\n\rGetPoolStatus\x12\".matrl.reward.v1.PoolStatusRequest\x1a\x1b.matrl.reward.v1.PoolStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!reward_service/proto/reward.proto\x12\x0fmatrl.reward.v1\"7\n\x0cScoreRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61rrow_batch\x18\x02 \x01(\x0c\"\xd8\x01\n\rScoreResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61rrow_batch\x18\x02 \x01(\x0c\x12?\n\ttimings_s\x18\x03 \x03(\x0b\x32,.matrl.reward.v1.ScoreResponse.TimingsSEntry\x12,\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x1d.matrl.reward.v1.RequestError\x1a/\n\rTimingsSEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"-\n\x0cRequestError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\".\n\x10PutTargetRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\"1\n\x11PutTargetResponse\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07workers\x18\x02 \x01(\x05\"\"\n\x13\x44\x65leteTargetRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"4\n\x14\x44\x65leteTargetResponse\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07workers\x18\x02 \x01(\x05\"\x13\n\x11ListGraphsRequest\"C\n\x12ListGraphsResponse\x12-\n\x06graphs\x18\x01 \x03(\x0b\x32\x1d.matrl.reward.v1.GraphSummary\"j\n\x0cGraphSummary\x12\x10\n\x08graph_id\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\r\n\x05nodes\x18\x04 \x01(\x05\x12\x12\n\nparameters\x18\x05 \x01(\x05\"I\n\x14\x44\x65scribeGraphRequest\x12\x12\n\x08graph_id\x18\x01 \x01(\tH\x00\x12\x14\n\ngraph_json\x18\x02 \x01(\tH\x00\x42\x07\n\x05graph\"\x9e\x01\n\x10GraphDescription\x12\x10\n\x08graph_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x12\n\ngraph_json\x18\x05 \x01(\t\x12/\n\x05nodes\x18\x06 \x03(\x0b\x32 .matrl.reward.v1.NodeDescription\"h\n\x0fNodeDescription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x39\n\nparameters\x18\x03 \x03(\x0b\x32%.matrl.reward.v1.ParameterDescription\"\xbc\x01\n\x14ParameterDescription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0b\n\x03low\x18\x03 \x01(\x01\x12\x0c\n\x04high\x18\x04 \x01(\x01\x12\x0f\n\x07\x63hoices\x18\x05 \x03(\t\x12\x12\n\ncomponents\x18\x06 \x01(\x05\x12\x12\n\nvalue_json\x18\x07 \x01(\t\x12\x14\n\x0c\x64\x65\x66\x61ult_json\x18\x08 \x01(\t\x12\x11\n\tpredicted\x18\t \x01(\x08\x12\x0b\n\x03\x64oc\x18\n \x01(\t\" \n\rResizeRequest\x12\x0f\n\x07workers\x18\x01 \x01(\x05\"\x13\n\x11PoolStatusRequest\"\x8d\x02\n\nPoolStatus\x12\x0f\n\x07workers\x18\x01 \x01(\x05\x12\r\n\x05ready\x18\x02 \x01(\x05\x12\x10\n\x08starting\x18\x03 \x01(\x05\x12\x12\n\nrecovering\x18\x04 \x01(\x05\x12\x10\n\x08\x64raining\x18\x05 \x01(\x05\x12\x11\n\tin_flight\x18\x06 \x01(\x05\x12\r\n\x05tasks\x18\x07 \x01(\x03\x12\x0f\n\x07retries\x18\x08 \x01(\x03\x12\x10\n\x08restarts\x18\t \x01(\x03\x12\x0f\n\x07targets\x18\n \x01(\x05\x12\x14\n\x0ctarget_bytes\x18\x0b \x01(\x03\x12\x11\n\tabandoned\x18\x0c \x01(\x03\x12\x13\n\x0bmax_workers\x18\r \x01(\x05\x12\x13\n\x0bmin_workers\x18\x0e \x01(\x05\x32\xa5\x05\n\rRewardService\x12\x46\n\x05Score\x12\x1d.matrl.reward.v1.ScoreRequest\x1a\x1e.matrl.reward.v1.ScoreResponse\x12P\n\x0bScoreStream\x12\x1d.matrl.reward.v1.ScoreRequest\x1a\x1e.matrl.reward.v1.ScoreResponse(\x01\x30\x01\x12R\n\tPutTarget\x12!.matrl.reward.v1.PutTargetRequest\x1a\".matrl.reward.v1.PutTargetResponse\x12[\n\x0c\x44\x65leteTarget\x12$.matrl.reward.v1.DeleteTargetRequest\x1a%.matrl.reward.v1.DeleteTargetResponse\x12U\n\nListGraphs\x12\".matrl.reward.v1.ListGraphsRequest\x1a#.matrl.reward.v1.ListGraphsResponse\x12Y\n\rDescribeGraph\x12%.matrl.reward.v1.DescribeGraphRequest\x1a!.matrl.reward.v1.GraphDescription\x12\x45\n\x06Resize\x12\x1e.matrl.reward.v1.ResizeRequest\x1a\x1b.matrl.reward.v1.PoolStatus\x12P\n\rGetPoolStatus\x12\".matrl.reward.v1.PoolStatusRequest\x1a\x1b.matrl.reward.v1.PoolStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,12 +45,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUTTARGETREQUEST']._serialized_end=423
   _globals['_PUTTARGETRESPONSE']._serialized_start=425
   _globals['_PUTTARGETRESPONSE']._serialized_end=474
-  _globals['_RESIZEREQUEST']._serialized_start=476
-  _globals['_RESIZEREQUEST']._serialized_end=508
-  _globals['_POOLSTATUSREQUEST']._serialized_start=510
-  _globals['_POOLSTATUSREQUEST']._serialized_end=529
-  _globals['_POOLSTATUS']._serialized_start=532
-  _globals['_POOLSTATUS']._serialized_end=701
-  _globals['_REWARDSERVICE']._serialized_start=704
-  _globals['_REWARDSERVICE']._serialized_end=1110
+  _globals['_DELETETARGETREQUEST']._serialized_start=476
+  _globals['_DELETETARGETREQUEST']._serialized_end=510
+  _globals['_DELETETARGETRESPONSE']._serialized_start=512
+  _globals['_DELETETARGETRESPONSE']._serialized_end=564
+  _globals['_LISTGRAPHSREQUEST']._serialized_start=566
+  _globals['_LISTGRAPHSREQUEST']._serialized_end=585
+  _globals['_LISTGRAPHSRESPONSE']._serialized_start=587
+  _globals['_LISTGRAPHSRESPONSE']._serialized_end=654
+  _globals['_GRAPHSUMMARY']._serialized_start=656
+  _globals['_GRAPHSUMMARY']._serialized_end=762
+  _globals['_DESCRIBEGRAPHREQUEST']._serialized_start=764
+  _globals['_DESCRIBEGRAPHREQUEST']._serialized_end=837
+  _globals['_GRAPHDESCRIPTION']._serialized_start=840
+  _globals['_GRAPHDESCRIPTION']._serialized_end=998
+  _globals['_NODEDESCRIPTION']._serialized_start=1000
+  _globals['_NODEDESCRIPTION']._serialized_end=1104
+  _globals['_PARAMETERDESCRIPTION']._serialized_start=1107
+  _globals['_PARAMETERDESCRIPTION']._serialized_end=1295
+  _globals['_RESIZEREQUEST']._serialized_start=1297
+  _globals['_RESIZEREQUEST']._serialized_end=1329
+  _globals['_POOLSTATUSREQUEST']._serialized_start=1331
+  _globals['_POOLSTATUSREQUEST']._serialized_end=1350
+  _globals['_POOLSTATUS']._serialized_start=1353
+  _globals['_POOLSTATUS']._serialized_end=1622
+  _globals['_REWARDSERVICE']._serialized_start=1625
+  _globals['_REWARDSERVICE']._serialized_end=2302
 # @@protoc_insertion_point(module_scope)

@@ -49,6 +49,21 @@ class RewardServiceStub:
                 request_serializer=reward__service_dot_proto_dot_reward__pb2.PutTargetRequest.SerializeToString,
                 response_deserializer=reward__service_dot_proto_dot_reward__pb2.PutTargetResponse.FromString,
                 _registered_method=True)
+        self.DeleteTarget = channel.unary_unary(
+                '/matrl.reward.v1.RewardService/DeleteTarget',
+                request_serializer=reward__service_dot_proto_dot_reward__pb2.DeleteTargetRequest.SerializeToString,
+                response_deserializer=reward__service_dot_proto_dot_reward__pb2.DeleteTargetResponse.FromString,
+                _registered_method=True)
+        self.ListGraphs = channel.unary_unary(
+                '/matrl.reward.v1.RewardService/ListGraphs',
+                request_serializer=reward__service_dot_proto_dot_reward__pb2.ListGraphsRequest.SerializeToString,
+                response_deserializer=reward__service_dot_proto_dot_reward__pb2.ListGraphsResponse.FromString,
+                _registered_method=True)
+        self.DescribeGraph = channel.unary_unary(
+                '/matrl.reward.v1.RewardService/DescribeGraph',
+                request_serializer=reward__service_dot_proto_dot_reward__pb2.DescribeGraphRequest.SerializeToString,
+                response_deserializer=reward__service_dot_proto_dot_reward__pb2.GraphDescription.FromString,
+                _registered_method=True)
         self.Resize = channel.unary_unary(
                 '/matrl.reward.v1.RewardService/Resize',
                 request_serializer=reward__service_dot_proto_dot_reward__pb2.ResizeRequest.SerializeToString,
@@ -75,6 +90,7 @@ class RewardServiceServicer:
         """Score a stream of batches; responses come as requests finish (not necessarily in order) and
         are matched by request_id. A request that fails as a whole answers with `error` set and the
         stream goes on; stream-level failures (auth, deadline, size) end the stream with a status.
+        Closing or cancelling the stream stops its unfinished requests.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -83,14 +99,42 @@ class RewardServiceServicer:
     def PutTarget(self, request, context):
         """Register a target image under a key on every reward worker (and on workers started or
         restarted later), so that requests can send target_key instead of pixels. Replaces the key.
-        A corrupt or wrong-size image: INVALID_ARGUMENT naming the target.
+        A corrupt, truncated, blank or wrong-size image: INVALID_ARGUMENT naming the target. The
+        store is bounded: beyond the server's budget the least recently used keys are dropped (a
+        request naming one then gets NOT_FOUND; put it again).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteTarget(self, request, context):
+        """Forget a target key on the server and every worker. Unknown key: NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGraphs(self, request, context):
+        """The bundled library graphs that graph_id can name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DescribeGraph(self, request, context):
+        """The nodes and parameters (kind, range, choices, value) of a library graph or of graph JSON,
+        i.e. what the params JSON may set. Unknown graph_id: NOT_FOUND; bad JSON: INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Resize(self, request, context):
-        """Change the number of reward workers while serving; answers when the new count is ready.
+        """Administrative: change the number of reward workers while serving; answers when the new
+        count is ready. Needs the admin token ("authorization: Bearer <admin token>"); a server
+        started without one answers PERMISSION_DENIED. Bounded by [min_workers, max_workers]
+        (INVALID_ARGUMENT) and by the cluster's CPUs (RESOURCE_EXHAUSTED). If it fails or the caller
+        gives up, new workers that are not ready yet are removed (none is left "starting").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -119,6 +163,21 @@ def add_RewardServiceServicer_to_server(servicer, server):
                     servicer.PutTarget,
                     request_deserializer=reward__service_dot_proto_dot_reward__pb2.PutTargetRequest.FromString,
                     response_serializer=reward__service_dot_proto_dot_reward__pb2.PutTargetResponse.SerializeToString,
+            ),
+            'DeleteTarget': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTarget,
+                    request_deserializer=reward__service_dot_proto_dot_reward__pb2.DeleteTargetRequest.FromString,
+                    response_serializer=reward__service_dot_proto_dot_reward__pb2.DeleteTargetResponse.SerializeToString,
+            ),
+            'ListGraphs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGraphs,
+                    request_deserializer=reward__service_dot_proto_dot_reward__pb2.ListGraphsRequest.FromString,
+                    response_serializer=reward__service_dot_proto_dot_reward__pb2.ListGraphsResponse.SerializeToString,
+            ),
+            'DescribeGraph': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeGraph,
+                    request_deserializer=reward__service_dot_proto_dot_reward__pb2.DescribeGraphRequest.FromString,
+                    response_serializer=reward__service_dot_proto_dot_reward__pb2.GraphDescription.SerializeToString,
             ),
             'Resize': grpc.unary_unary_rpc_method_handler(
                     servicer.Resize,
@@ -212,6 +271,87 @@ class RewardService:
             '/matrl.reward.v1.RewardService/PutTarget',
             reward__service_dot_proto_dot_reward__pb2.PutTargetRequest.SerializeToString,
             reward__service_dot_proto_dot_reward__pb2.PutTargetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTarget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/matrl.reward.v1.RewardService/DeleteTarget',
+            reward__service_dot_proto_dot_reward__pb2.DeleteTargetRequest.SerializeToString,
+            reward__service_dot_proto_dot_reward__pb2.DeleteTargetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGraphs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/matrl.reward.v1.RewardService/ListGraphs',
+            reward__service_dot_proto_dot_reward__pb2.ListGraphsRequest.SerializeToString,
+            reward__service_dot_proto_dot_reward__pb2.ListGraphsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeGraph(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/matrl.reward.v1.RewardService/DescribeGraph',
+            reward__service_dot_proto_dot_reward__pb2.DescribeGraphRequest.SerializeToString,
+            reward__service_dot_proto_dot_reward__pb2.GraphDescription.FromString,
             options,
             channel_credentials,
             insecure,
