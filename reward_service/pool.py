@@ -46,6 +46,8 @@ class PoolConfig(BaseModel):
 
     workers: int = Field(2, ge=0)
     num_cpus: float = Field(1.0, gt=0, description="CPUs Ray reserves per worker actor")
+    resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources per worker "
+                                        "actor (e.g. {reward_worker: 1} to land on cluster.yaml's reward nodes)")
     max_restarts: int = Field(3, ge=-1, description="Ray restarts of one actor before the pool replaces it")
     max_attempts: int = Field(3, ge=1, description="dispatches of one task: the first plus re-dispatches "
                                                    "after the worker running it died")
@@ -245,7 +247,8 @@ class RewardPool:
         return task
 
     def _new_actor(self) -> ray.actor.ActorHandle:
-        return RewardWorkerActor.options(num_cpus=self.config.num_cpus, max_restarts=self.config.max_restarts,
+        return RewardWorkerActor.options(num_cpus=self.config.num_cpus, resources=self.config.resources or None,
+                                         max_restarts=self.config.max_restarts,
                                          max_task_retries=0).remote(self.reward_config)
 
     async def _await_ready(self, actor, timeout_s: float) -> int:

@@ -24,6 +24,7 @@ class RewardEndpoint(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     address: str = "127.0.0.1:50051"
+    token: str | None = Field(None, repr=False, description="the shared token itself (nodes need not share files)")
     token_file: str | None = None
     root_cert: str | None = None
     attempt_timeout_s: float | None = Field(None, gt=0)
@@ -57,7 +58,8 @@ class RolloutWorkerShell:
 
         self.spec = spec
         endpoint = spec.reward
-        self.client = RewardClient(endpoint.address, token_file=endpoint.token_file, root_cert=endpoint.root_cert,
+        self.client = RewardClient(endpoint.address, token=endpoint.token, token_file=endpoint.token_file,
+                                   root_cert=endpoint.root_cert,
                                    timeout_s=spec.rollout.reward_timeout_s,
                                    attempt_timeout_s=endpoint.attempt_timeout_s)
         self.worker = RolloutWorker(worker_id, spec.policy_config, spec.encoder, build_targets(spec.targets),

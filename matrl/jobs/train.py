@@ -68,10 +68,15 @@ class LearnerGroupConfig(_Strict):
 
 class RewardGroupConfig(_Strict):
     address: str | None = Field(None, description="a running reward service (HOST:PORT); None: start one")
-    token_file: str | None = Field(None, description="shared token of the reward service")
+    token_file: str | None = Field(None, description="shared token of the reward service; 'auto': the job's "
+                                                     "own service gets a fresh random token (OUT/reward_token)")
     workers: int = Field(2, ge=1, description="reward worker actors of the job's own service")
     num_cpus: float = Field(1.0, gt=0, description="CPUs per reward worker")
-    host: str = Field("127.0.0.1", description="where the job's own service listens")
+    resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources per reward worker")
+    host: str = Field("127.0.0.1", description="where the job's own service listens (another host needs "
+                                                  "insecure: true or a TLS-terminating network)")
+    insecure: bool = Field(False, description="allow the job's service to listen off loopback without TLS "
+                                              "(inside a private cluster network; token auth still applies)")
     connect_timeout_s: float = Field(60.0, gt=0, description="wait for the service before giving up")
     config: RewardConfig = RewardConfig()
 
@@ -193,15 +198,38 @@ class TrainJob:
         cfg = self.config.reward
         from reward_service.client import RewardClient, RewardServiceError
 
+        self.token = None
+        token_file = cfg.token_file
+        if token_file == "auto":
+            if cfg.address is not None:
+                raise TrainError("reward.token_file 'auto' is for the job's own service; give the running "
+                                 "service's token file with reward.address")
+            import os
+            import secrets
+
+            path = self.out / "reward_token"
+            path.write_text(secrets.token_hex(32))
+            os.chmod(path, 0o600)
+            token_file = str(path)
+        if token_file is not None:
+            from reward_service.api import read_token
+
+            try:
+                self.token = read_token(token_file)
+            except (OSError, ValueError) as err:
+                raise TrainError(f"reward.token_file: {err}") from None
         if cfg.address is None:
             from matrl.jobs.reward import start_background
             from reward_service.pool import PoolConfig
             from reward_service.server import ServerConfig
 
-            server_config = ServerConfig(host=cfg.host, port=0, token_file=cfg.token_file,
-                                         insecure=cfg.host not in ("127.0.0.1", "localhost", "::1"))
-            self.server = start_background(cfg.config, PoolConfig(workers=cfg.workers, num_cpus=cfg.num_cpus),
-                                           server_config)
+            try:
+                server_config = ServerConfig(host=cfg.host, port=0, token_file=token_file, insecure=cfg.insecure)
+            except ValueError as err:
+                raise TrainError(f"reward.host: {err}") from None
+            pool = PoolConfig(workers=cfg.workers, num_cpus=cfg.num_cpus, resources=cfg.resources,
+                              max_workers=max(cfg.workers, 256))
+            self.server = start_background(cfg.config, pool, server_config)
             host = cfg.host
             if host in ("0.0.0.0", "::"):
                 import ray
@@ -211,7 +239,7 @@ class TrainJob:
         else:
             address = cfg.address
         try:
-            with RewardClient(address, token_file=cfg.token_file) as client:
+            with RewardClient(address, token=self.token) as client:
                 client.wait_ready(timeout_s=cfg.connect_timeout_s)
         except RewardServiceError as err:
             raise TrainError(f"reward service at {address} is not reachable: {err.message}") from None
@@ -220,7 +248,7 @@ class TrainJob:
     def _rollout_spec(self, encoder: dict, policy_config: dict, address: str) -> RolloutSpec:
         return RolloutSpec(policy_config=policy_config, encoder=encoder, targets=self.config.targets,
                            validation=self.config.validation_targets(), rollout=self.config.rollout.sampling,
-                           reward=RewardEndpoint(address=address, token_file=self.config.reward.token_file))
+                           reward=RewardEndpoint(address=address, token=self.token))
 
     def _new_rollout(self, index: int):
         r = self.config.rollout
