@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from graph_executor.executor import Plan
 from graph_executor.ir import Graph
 from graph_executor.library import resolve_graph
 from graph_executor.render import render_flash
+from graph_executor.safe_json import JSONInputError, JSONLimitError, loads_json
 
 MAP_NAMES = ("basecolor", "normal", "roughness", "metallic", "height")
 
@@ -29,21 +29,32 @@ def to_pil(image: torch.Tensor) -> Image.Image:
 
 
 def parse_assignment(text: str) -> tuple[str, str, Any]:
-    """`node.param=value` -> (node, param, value); the value is JSON, a comma list of numbers, or a bare word."""
+    """`node.param=value` -> (node, param, value); the value is JSON, a comma list of numbers, or a bare word.
+
+    JSON values go through `graph_executor.safe_json` (size, depth and integer-digit limits); a value
+    over a limit is an error, not a bare word.
+    """
     target, sep, raw = text.partition("=")
     node, dot, param = target.partition(".")
     if not sep or not dot or not node or not param or not raw:
-        raise GraphError(f"--set {text!r} must read node.param=value")
+        raise GraphError(f"--set {_short(text)} must read node.param=value")
     try:
-        return node, param, json.loads(raw)
-    except json.JSONDecodeError:
+        return node, param, loads_json(raw, what=f"--set {_short(target)}")
+    except JSONLimitError as err:
+        raise GraphError(str(err), node, param) from None
+    except JSONInputError:
         pass
     if "," in raw:
         try:
             return node, param, [float(v) for v in raw.split(",")]
         except ValueError:
-            raise GraphError(f"--set {text!r}: cannot read {raw!r} as a list of numbers") from None
+            raise GraphError(f"--set {_short(target)}: cannot read {_short(raw)} as a list of numbers") from None
     return node, param, raw
+
+
+def _short(text: str, limit: int = 60) -> str:
+    """`text` quoted for an error message, cut to `limit` characters."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
 
 
 def apply_assignments(graph: Graph, assignments: list[str]) -> Graph:
@@ -52,7 +63,7 @@ def apply_assignments(graph: Graph, assignments: list[str]) -> Graph:
     for text in assignments:
         node, param, value = parse_assignment(text)
         if node not in graph.nodes:
-            raise GraphError(f"--set {text!r}: no such node in graph '{graph.name}'", node)
+            raise GraphError(f"--set {_short(text)}: no such node in graph '{graph.name}'", node)
         values.setdefault(node, {})[param] = value
     for node, params in values.items():
         known = {spec.name for spec in graph.nodes[node].spec.params}
