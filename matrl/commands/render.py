@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from graph_executor.ir import Graph
 from graph_executor.library import resolve_graph
 from graph_executor.render import render_flash
 from graph_executor.safe_json import JSONInputError, JSONLimitError, loads_json
+from matrl.cli_args import SEED_MAX, check_output_dir, device_arg, seed_arg
 
 MAP_NAMES = ("basecolor", "normal", "roughness", "metallic", "height")
 
@@ -90,13 +90,9 @@ def render_to_dir(graph: Graph, out_dir: Path, res: int, seed: int, device: str)
 
 
 def run(args) -> int:
-    try:
-        graph = apply_assignments(resolve_graph(args.graph), args.set)
-        written = render_to_dir(graph, Path(args.output), args.res, args.seed, args.device)
-    except GraphError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for path in written:
+    out = check_output_dir(args.output, "-o")
+    graph = apply_assignments(resolve_graph(args.graph), args.set)
+    for path in render_to_dir(graph, out, args.res, args.seed, args.device):
         print(path)
     return 0
 
@@ -106,10 +102,10 @@ def register(subparsers) -> None:
                                    description=__doc__)
     parser.add_argument("graph", help="graph JSON file, or the name of a library graph")
     parser.add_argument("--res", type=int, default=512, help="resolution, a power of two in 64..2048")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_arg, default=0, help=f"noise seed, 0..{SEED_MAX}")
     parser.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
                         help="override a parameter (repeatable); values are JSON, e.g. 0.3, true, "
                              "overlay, [0.2,0.1,0.05]")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("-o", "--output", required=True, help="output directory")
     parser.set_defaults(run=run)
