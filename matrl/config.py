@@ -144,11 +144,11 @@ def validation_message(err: ValidationError, source: str = "") -> str:
     """One line per problem: `source: dotted.key: message`."""
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        key = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"{source + ': ' if source else ''}{key}: {msg}")
+        lines.append(f"{source + ': ' if source else ''}{key + ': ' if key else ''}{msg}")
     return "; ".join(lines)
 
 

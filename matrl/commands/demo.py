@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = build(DemoConfig, {"out": args.out, "per_graph": args.per_graph, "res": args.res, "epochs": args.epochs,
                                 "reward_workers": args.reward_workers, "generated": args.generated,
-                                "num_cpus": args.num_cpus}, "demo")
+                                "num_cpus": args.num_cpus})
     check_output_dir(config.out, "--out")
     run_demo(config)
     return 0

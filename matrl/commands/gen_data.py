@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     config = build(GenDataConfig, {
         "out": args.out, "per_graph": args.per_graph, "res": args.res, "shard_size": args.shard_size,
         "seed": args.seed, "batch_size": args.batch_size,
-        "fractions": {"train": args.split[0], "val": args.split[1], "test": args.split[2]}}, "gen-data")
+        "fractions": {"train": args.split[0], "val": args.split[1], "test": args.split[2]}})
     check_output_dir(config.out, "--out")
     graphs = with_generated_graphs(collect_graphs(args.graphs), args.generated, args.seed)
     if args.no_ray:

@@ -71,7 +71,7 @@ def build_configs(args):
     fields = read_yaml(args.reward_config) if args.reward_config else {}
     if args.res is not None:
         fields = {**fields, "res": args.res}
-    reward = build(RewardConfig, fields, str(args.reward_config or "--res"))
+    reward = build(RewardConfig, fields, str(args.reward_config or ""))
     pool = PoolConfig(workers=args.workers, max_restarts=args.max_restarts)
     return reward, pool, server
 
