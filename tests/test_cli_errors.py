@@ -231,3 +231,14 @@ def test_pretrain_on_cuda_without_cuda_is_one_line(tmp_path, capsys):
                  "--set", "train.device=cuda"]) == 2
     line = one_line(capsys)
     assert "train.device" in line and "CUDA is not available" in line
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"res": ' + "[" * 100_000 + "]" * 100_000 + "}", '{"res": "x"}'],
+                         ids=["malformed", "deep", "wrong-type"])
+def test_pretrain_on_a_dataset_with_a_broken_manifest_is_one_line(tmp_path, capsys, text):
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "manifest.json").write_text(text)
+    assert cli(["pretrain", "--config", "tiny", "--data", str(tmp_path / "ds"), "--out", str(tmp_path / "r"),
+                "--set", "train.device=cpu"]) == 2
+    line = one_line(capsys)
+    assert str(tmp_path / "ds" / "manifest.json") in line and "not a valid manifest" in line

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from matrl.cli_args import check_device, check_output_dir, positive_int
@@ -46,10 +47,17 @@ def run(args: argparse.Namespace) -> int:
         from learner.pretrain_ray import pretrain_on_ray
         from matrl.jobs.ray_runtime import init_ray
 
-        if config.train.device != "auto":  # Ray workers resolve 'auto' on their own machines
-            check_device(config.train.device, "train.device")
-        init_ray()
-        history = pretrain_on_ray(config)
+        local = not os.environ.get("RAY_ADDRESS")
+        if local:  # on a cluster the workers' machines, not this one, must have the device
+            check_device(config.train.device, "train.device", allow_auto=True)
+        started = init_ray()["started"]
+        try:
+            history = pretrain_on_ray(config)
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
         for m in history:
             print_epoch(m.as_dict())
     else:
