@@ -54,14 +54,17 @@ def _is_actor(handle) -> bool:
 
 class RolloutWorkerShell:
     def __init__(self, worker_id: str, spec: RolloutSpec, buffer):
-        from reward_service.client import RewardClient
+        from reward_service.client import RetryPolicy, RewardClient
 
         self.spec = spec
         endpoint = spec.reward
         self.client = RewardClient(endpoint.address, token=endpoint.token, token_file=endpoint.token_file,
                                    root_cert=endpoint.root_cert,
                                    timeout_s=spec.rollout.reward_timeout_s,
-                                   attempt_timeout_s=endpoint.attempt_timeout_s)
+                                   attempt_timeout_s=endpoint.attempt_timeout_s,
+                                   # a restarting service answers UNAVAILABLE for a while: keep trying
+                                   # until the call's own deadline rather than a fixed number of times
+                                   retry=RetryPolicy(attempts=1_000_000, initial_backoff_s=0.2, max_backoff_s=2.0))
         self.worker = RolloutWorker(worker_id, spec.policy_config, spec.encoder, build_targets(spec.targets),
                                     self.client, spec.rollout)
         self.buffer = buffer

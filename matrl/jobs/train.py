@@ -48,7 +48,9 @@ class _Strict(BaseModel):
 
 
 class RolloutGroupConfig(_Strict):
-    workers: int = Field(1, ge=1, description="rollout worker actors")
+    workers: int = Field(1, ge=1, description="rollout worker actors (at the start; `matrl scale` changes it)")
+    min_workers: int = Field(1, ge=1, description="smallest count `matrl scale` may ask for")
+    max_workers: int = Field(64, ge=1, description="largest count `matrl scale` may ask for")
     targets_per_worker: int = Field(4, ge=1, description="targets each worker samples per iteration")
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0, description="fractions allowed: rollout and learner can share a GPU")
@@ -70,7 +72,9 @@ class RewardGroupConfig(_Strict):
     address: str | None = Field(None, description="a running reward service (HOST:PORT); None: start one")
     token_file: str | None = Field(None, description="shared token of the reward service; 'auto': the job's "
                                                      "own service gets a fresh random token (OUT/reward_token)")
-    workers: int = Field(2, ge=1, description="reward worker actors of the job's own service")
+    workers: int = Field(2, ge=1, description="reward worker actors of the job's own service (at the start)")
+    min_workers: int = Field(1, ge=1, description="smallest count `matrl scale` may ask for")
+    max_workers: int = Field(1024, ge=1, description="largest count `matrl scale` may ask for")
     num_cpus: float = Field(1.0, gt=0, description="CPUs per reward worker")
     resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources per reward worker")
     host: str = Field("127.0.0.1", description="where the job's own service listens (another host needs "
@@ -112,6 +116,11 @@ class TrainJobConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "TrainJobConfig":
+        for role in ("rollout", "reward"):
+            group = getattr(self, role)
+            if not group.min_workers <= group.workers <= group.max_workers:
+                raise ValueError(f"{role}.workers {group.workers} outside [{role}.min_workers {group.min_workers}, "
+                                 f"{role}.max_workers {group.max_workers}]")
         if not self.init.startswith("pretrain:") and not Path(self.init).is_dir():
             raise ValueError(f"init: {self.init!r} is neither a checkpoint directory nor pretrain:<preset>")
         if self.ppo.minibatch > self.trajectories_per_iteration:
@@ -228,7 +237,7 @@ class TrainJob:
             except ValueError as err:
                 raise TrainError(f"reward.host: {err}") from None
             pool = PoolConfig(workers=cfg.workers, num_cpus=cfg.num_cpus, resources=cfg.resources,
-                              max_workers=max(cfg.workers, 256))
+                              min_workers=cfg.min_workers, max_workers=cfg.max_workers)
             self.server = start_background(cfg.config, pool, server_config)
             host = cfg.host
             if host in ("0.0.0.0", "::"):
@@ -283,6 +292,22 @@ class TrainJob:
         self.rollouts = [self._new_rollout(i) for i in range(cfg.rollout.workers)]
         for handle in self.rollouts:
             rt.get(rt.call(handle, "ready"))
+        self.control = None
+        if rt.distributed:
+            from matrl.jobs.control import NAMESPACE, PREFIX, JobControl
+
+            bounds = {"rollout": (cfg.rollout.min_workers, cfg.rollout.max_workers),
+                      "reward": (cfg.reward.min_workers, cfg.reward.max_workers)}
+            try:
+                self.control = rt.actor(JobControl, self.job_name, bounds,
+                                        {"rollout": cfg.rollout.workers, "reward": cfg.reward.workers},
+                                        self.server is not None, name="control",
+                                        options={"name": PREFIX + self.job_name, "namespace": NAMESPACE,
+                                                 "num_cpus": 0})
+                rt.get(rt.call(self.control, "status"))
+            except ValueError as err:
+                raise TrainError(f"a matrl train job named {self.job_name!r} already runs on this cluster "
+                                 f"({err}); pass another --job-name") from None
 
     def _new_learner(self, resume: bool) -> dict:
         """Start the learner actor, from checkpoints/latest when resuming (and when one exists)."""
@@ -345,12 +370,43 @@ class TrainJob:
             raise LearnerLost(str(err)) from None
         return future if self.runtime.distributed else value
 
+    def _apply_scaling(self, retire=None) -> dict:
+        """Bring rollout and reward worker counts to what `matrl scale` asked for (between iterations,
+        so no running rollout is cut short); returns the live counts. In asynchronous mode `retire`
+        takes the rollout workers to remove instead: they finish their rollout first."""
+        rt = self.runtime
+        live = {"rollout": len(self.rollouts),
+                "reward": self.server.pool.status()["workers"] if self.server is not None else 0}
+        if self.control is None:
+            return live
+        want = rt.get(rt.call(self.control, "desired"))
+        if want["rollout"] != len(self.rollouts):
+            print(f"[train] scaling rollout workers {len(self.rollouts)} -> {want['rollout']}", flush=True)
+            if retire is not None and want["rollout"] < len(self.rollouts):
+                retire(list(range(want["rollout"], len(self.rollouts))))
+            while retire is None and len(self.rollouts) > want["rollout"]:
+                rt.kill(self.rollouts.pop())
+            fresh = [self._new_rollout(i) for i in range(len(self.rollouts), want["rollout"])]
+            for handle in fresh:
+                rt.get(rt.call(handle, "ready"))
+            self.rollouts += fresh
+        if self.server is not None and want["reward"] != live["reward"]:
+            print(f"[train] scaling reward workers {live['reward']} -> {want['reward']}", flush=True)
+            try:
+                self.server.run(self.server.pool.resize(want["reward"]), timeout_s=self.config.rollout.timeout_s)
+            except Exception as err:  # noqa: BLE001 - keep training with what the pool has; say why
+                print(f"[train] reward pool resize to {want['reward']} failed: {err}", flush=True)
+        live = {"rollout": len(self.rollouts), "reward": self.server.pool.status()["workers"] if self.server else 0}
+        rt.get(rt.call(self.control, "report", live))
+        return live
+
     def _rollout_phase(self, weights, version: int, iteration: int) -> list[dict]:
         """Every worker's share for this iteration; dead or stuck workers are replaced and redone."""
         rt, cfg = self.runtime, self.config.rollout
-        seeds = [derive_seed(self.config.seed, iteration, w) for w in range(cfg.workers)]
+        workers = len(self.rollouts)
+        seeds = [derive_seed(self.config.seed, iteration, w) for w in range(workers)]
         futures = {w: rt.call(self.rollouts[w], "rollout", weights, version, cfg.targets_per_worker, seeds[w])
-                   for w in range(cfg.workers)}
+                   for w in range(workers)}
         results: dict[int, dict] = {}
         restarts = 0
         deadline = time.monotonic() + cfg.timeout_s
@@ -365,6 +421,8 @@ class TrainJob:
                     results[w] = rt.get(future)
                 except RoleDied as err:
                     failed.append((w, str(err)))
+                except Exception as err:  # noqa: BLE001 - e.g. the reward service failed the call: sample again
+                    failed.append((w, f"{type(err).__name__}: {str(err).splitlines()[-1][:300]}"))
             if futures and time.monotonic() >= deadline:
                 failed += [(w, f"no answer within rollout.timeout_s={cfg.timeout_s:g}s") for w in futures]
                 futures.clear()
@@ -376,7 +434,7 @@ class TrainJob:
                 self._replace_rollout(w, why)
                 futures[w] = rt.call(self.rollouts[w], "rollout", weights, version, cfg.targets_per_worker, seeds[w])
                 deadline = time.monotonic() + cfg.timeout_s
-        return [results[w] for w in range(cfg.workers)]
+        return [results[w] for w in range(workers)]
 
     def _replace_rollout(self, w: int, why: str) -> None:
         print(f"[train] rollout-{w} failed ({why}); replacing it", flush=True)
@@ -484,6 +542,7 @@ class TrainJob:
         cfg, rt = self.config, self.runtime
         version = self._learner("version")
         for iteration in range(self.state["iteration"], cfg.iterations):
+            self._apply_scaling()
             t0 = time.perf_counter()
             weights = self._weights()
             rollouts = self._rollout_phase(weights, version, iteration)
@@ -506,20 +565,34 @@ class TrainJob:
         cfg, rt, state = self.config, self.runtime, self.state
         r = cfg.rollout
         version = self._learner("version")
-        rows = cfg.trajectories_per_iteration
-        rounds = state.setdefault("rollout_rounds", [0] * r.workers)
+        per_worker = r.targets_per_worker * r.sampling.samples_per_target
+        rounds = state.setdefault("rollout_rounds", [0] * len(self.rollouts))
         weights = self._weights()
         pending: dict = {}
         self._pending = pending
+        retiring: set[int] = set()
 
         def submit(w: int) -> None:
+            while len(rounds) <= w:
+                rounds.append(0)
             seed = derive_seed(cfg.seed, 1_000_000 + rounds[w], w)
             rounds[w] += 1
             pending[w] = (rt.call(self.rollouts[w], "rollout", weights, version, r.targets_per_worker, seed),
                           time.monotonic())
 
-        for w in range(r.workers):
+        def retire(workers: list[int]) -> None:
+            retiring.update(workers)
+
+        def settle_retired() -> None:
+            """Workers asked to leave go once their last rollout has landed in the buffer."""
+            while retiring and len(self.rollouts) - 1 in retiring and len(self.rollouts) - 1 not in pending:
+                w = len(self.rollouts) - 1
+                retiring.discard(w)
+                rt.kill(self.rollouts.pop())
+
+        for w in range(len(self.rollouts)):
             submit(w)
+        rows = per_worker * len(self.rollouts)
         iteration = state["iteration"]
         t_iter = time.perf_counter()
         finished: list[dict] = []
@@ -534,7 +607,11 @@ class TrainJob:
                         finished.append(rt.get(future))
                     except RoleDied as err:
                         self._replace_rollout(w, str(err))
-                    submit(w)
+                    except Exception as err:  # noqa: BLE001 - the rollout failed (e.g. reward service): go on
+                        self.counts["rollout_errors"] = self.counts.get("rollout_errors", 0) + 1
+                        print(f"[train] rollout-{w} failed ({type(err).__name__}); sampling again", flush=True)
+                    if w not in retiring:
+                        submit(w)
                 elif time.monotonic() - since > r.timeout_s:
                     del pending[w]
                     self._replace_rollout(w, f"no answer within rollout.timeout_s={r.timeout_s:g}s")
@@ -562,9 +639,15 @@ class TrainJob:
                 iteration += 1
                 finished = []
                 t_iter = time.perf_counter()
+                before = len(self.rollouts)
+                self._apply_scaling(retire=retire)
+                for w in range(before, len(self.rollouts)):
+                    submit(w)
+                rows = per_worker * (len(self.rollouts) - len(retiring))
                 if iteration < cfg.iterations:
                     learn = rt.call(self.learner, "update", cfg.seed, iteration, rows,
                                     max(0, version - cfg.max_policy_lag))
+            settle_retired()
         for w, (future, _) in pending.items():  # let in-flight rollouts finish into the buffer, then stop
             try:
                 rt.get(future, timeout_s=r.timeout_s)
