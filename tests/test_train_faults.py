@@ -17,7 +17,7 @@ import pytest
 import ray
 
 from matrl.cli import main
-from tests.test_train_job import _kill_first, init_checkpoint, job_args  # noqa: F401  (fixture)
+from tests.test_train_job import init_checkpoint, job_args, role_pids  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")
@@ -27,18 +27,14 @@ def cluster():
     ray.shutdown()
 
 
-def _kill_reward_workers(count: int, after_file, killed: list) -> None:
-    from ray.util.state import list_actors
-
+def _kill_reward_workers(out, count: int, after_file, killed: list) -> None:
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not after_file.exists():
         time.sleep(0.2)
     time.sleep(1.0)
-    actors = [a for a in list_actors(filters=[("class_name", "=", "RewardWorkerShell"), ("state", "=", "ALIVE")])
-              if a.pid]
-    for actor in actors[:count]:
-        os.kill(actor.pid, signal.SIGKILL)
-        killed.append(actor.pid)
+    for pid in role_pids(out, "reward")[:count]:
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
 
 
 @pytest.mark.parametrize("kill", [1, 2], ids=["one-reward-worker", "half-the-pool"])
@@ -46,7 +42,7 @@ def test_reward_workers_killed_mid_run(cluster, init_checkpoint, tmp_path, kill)
     out = tmp_path / f"reward{kill}"
     killed: list = []
     marker = out / "metrics.jsonl"
-    killer = threading.Thread(target=_kill_reward_workers, args=(kill, marker, killed), daemon=True)
+    killer = threading.Thread(target=_kill_reward_workers, args=(out, kill, marker, killed), daemon=True)
     killer.start()
     assert main(job_args(init_checkpoint, out, 4, "--set", "validation.every=0", "--set", "reward.workers=4",
                          "--set", "reward.num_cpus=0.5")) == 0

@@ -85,22 +85,32 @@ def test_bad_configs_fail_before_any_actor_starts(cluster, init_checkpoint, tmp_
     assert time.monotonic() - started < 120
 
 
-def _kill_first(class_name: str, delay_s: float, killed: list, after_file=None) -> None:
-    """SIGKILL the process of the first live actor of `class_name`, `delay_s` after it appears (and,
-    if given, after `after_file` exists)."""
-    from ray.util.state import list_actors
+def role_pids(out, role: str) -> list[int]:
+    """Process ids the job wrote for a role (OUT/roles.json): never another job's processes."""
+    path = out / "roles.json"
+    if not path.is_file():
+        return []
+    try:
+        pids = json.loads(path.read_text())[role]
+    except (ValueError, KeyError):
+        return []
+    return [p for p in (pids if isinstance(pids, list) else [pids]) if p]
 
+
+def _kill_first(out, role: str, delay_s: float, killed: list, after_file=None) -> None:
+    """SIGKILL the job's first process of `role`, `delay_s` after it appears (and, if given, after
+    `after_file` exists)."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if after_file is not None and not after_file.exists():
             time.sleep(0.2)
             continue
-        actors = [a for a in list_actors(filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")])
-                  if a.pid]
-        if actors:
+        pids = role_pids(out, role)
+        if pids:
             time.sleep(delay_s)
-            os.kill(actors[0].pid, signal.SIGKILL)
-            killed.append(actors[0].pid)
+            pid = role_pids(out, role)[0]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
             return
         time.sleep(0.2)
 
@@ -108,7 +118,7 @@ def _kill_first(class_name: str, delay_s: float, killed: list, after_file=None) 
 def test_a_rollout_worker_killed_mid_run_is_replaced_and_no_trajectory_is_lost(cluster, init_checkpoint, tmp_path):
     out = tmp_path / "killed"
     killed: list = []
-    killer = threading.Thread(target=_kill_first, args=("RolloutWorkerShell", 6.0, killed), daemon=True)
+    killer = threading.Thread(target=_kill_first, args=(out, "rollout", 6.0, killed), daemon=True)
     killer.start()
     assert main(job_args(init_checkpoint, out, 2, "--set", "validation.every=0")) == 0
     killer.join(5)
@@ -137,7 +147,7 @@ def test_a_killed_learner_is_restarted_from_the_latest_checkpoint(cluster, init_
     out = tmp_path / "learner"
     killed: list = []
     marker = out / "checkpoints" / "latest" / "config.json"
-    killer = threading.Thread(target=_kill_first, args=("LearnerShell", 0.5, killed, marker), daemon=True)
+    killer = threading.Thread(target=_kill_first, args=(out, "learner", 0.5, killed, marker), daemon=True)
     killer.start()
     assert main(job_args(init_checkpoint, out, 3, "--set", "validation.every=0")) == 0
     killer.join(5)

@@ -171,6 +171,7 @@ class TrainJob:
         self.counts = {"rollout_restarts": 0, "learner_restarts": 0, "reward_failures": 0, "stale_dropped": 0,
                        "reward_retries": 0, "reward_restarts": 0}
         self.max_learner_restarts = 3
+        self.pids: dict[str, int] = {}
 
     # ---- set-up -------------------------------------------------------------------------------
     def _checkpoint_dir(self, name: str) -> Path:
@@ -263,8 +264,11 @@ class TrainJob:
         r = self.config.rollout
         options = {"num_cpus": r.num_cpus, "num_gpus": r.num_gpus or None, "resources": r.resources or None,
                    "max_restarts": 0, "name": None}
-        return self.runtime.actor(RolloutWorkerShell, f"rollout-{index}", self.spec, self.buffer_ref,
-                                  name=f"rollout-{index}", options=options)
+        handle = self.runtime.actor(RolloutWorkerShell, f"rollout-{index}", self.spec, self.buffer_ref,
+                                    name=f"rollout-{index}", options=options)
+        self.pids[f"rollout-{index}"] = self.runtime.get(self.runtime.call(handle, "ready"),
+                                                         timeout_s=self.config.rollout.timeout_s)
+        return handle
 
     def _setup(self) -> None:
         from policy.checkpoint import read_checkpoint_info
@@ -321,7 +325,9 @@ class TrainJob:
                                 resume_from, cfg.seed, name="learner",
                                 options={"num_cpus": lc.num_cpus, "num_gpus": lc.num_gpus or None,
                                          "resources": lc.resources or None})
-        return rt.get(rt.call(self.learner, "ready"))
+        ready = rt.get(rt.call(self.learner, "ready"))
+        self.pids["learner"] = ready["pid"]
+        return ready
 
     def _learner(self, method: str, *args):
         """A blocking learner call; a dead learner becomes LearnerLost."""
@@ -459,6 +465,15 @@ class TrainJob:
         rt = self.runtime
         self._learner("save", str(self._checkpoint_dir(name)), dict(self.state), metrics or {})
 
+    def _write_roles(self) -> None:
+        """OUT/roles.json: the process id of every role (for operators and for fault tests)."""
+        if not self.runtime.distributed:
+            return
+        roles = {"learner": self.pids.get("learner"),
+                 "rollout": [self.pids.get(f"rollout-{w}") for w in range(len(self.rollouts))],
+                 "reward": [slot.pid for slot in self.server.pool.slots] if self.server is not None else []}
+        (self.out / "roles.json").write_text(json.dumps(roles))
+
     def _reward_counts(self) -> dict:
         if self.server is None:
             return {}
@@ -497,6 +512,7 @@ class TrainJob:
                 self._save("best", {"val_reward": val["reward_mean"]})
             while True:
                 try:
+                    self._write_roles()
                     self._run_sync(metrics_sink) if cfg.mode == "sync" else self._run_async(metrics_sink)
                     break
                 except LearnerLost as err:
@@ -525,6 +541,7 @@ class TrainJob:
                 state["val_reward_best"] = val["reward_mean"]
                 state["val_best_iteration"] = iteration + 1
                 self._save("best", {"val_reward": val["reward_mean"]})
+        self._write_roles()
         for key, value in self._reward_counts().items():
             if key in self.counts:
                 metrics[f"count/{key}"] = value - self.counts.get(f"_{key}", 0)
