@@ -52,15 +52,21 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         overrides = parse_overrides(args.set)
-        for key, value in (("data.root", args.data), ("out_dir", args.out), ("train.epochs", args.epochs),
-                           ("train.steps", args.steps), ("train.time_limit_s", args.time_limit),
-                           ("distributed.num_workers", args.workers)):
+        for key, value in (("out_dir", args.out), ("train.epochs", args.epochs), ("train.steps", args.steps),
+                           ("train.time_limit_s", args.time_limit), ("distributed.num_workers", args.workers)):
             if value is not None:
                 overrides[key] = str(value) if isinstance(value, Path) else value
+        if args.data is not None:
+            try:  # without the flag a stored config may lack data.root; an online one must not get it
+                online = load_config(PretrainConfig, "pretrain", args.config, overrides).data.source == "online"
+            except ConfigError:
+                online = False
+            if online:
+                raise ConfigError("--data names a stored dataset; this config makes its data online "
+                                  "(data.source: online)")
+            overrides["data.root"] = str(args.data)
         config = load_config(PretrainConfig, "pretrain", args.config, overrides)
         online = not isinstance(config.data, DataConfig)
-        if online and args.data is not None:
-            raise ConfigError("--data names a stored dataset; this config makes its data online (data.source: online)")
         if args.ray:
             from learner.pretrain_ray import pretrain_on_ray
 

@@ -1,0 +1,96 @@
+"""Pre-training on online synthetic data: steps and rounds, checkpoints, a time-limited run resumes to
+exactly the weights of an uninterrupted one, the CLI and Ray Train run it."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from learner.pretrain import PretrainConfig
+from learner.pretrain_online import OnlinePretrainer, RoundMetrics, make_trainer
+from matrl.cli import main
+from matrl.config import load_config
+from policy.checkpoint import latest_checkpoint, load_policy
+
+SMALL = {"train.steps": 4, "train.eval_every": 2, "train.batch_size": 8, "data.val_samples_per_structure": 4}
+
+
+def online_config(out_dir, **overrides) -> PretrainConfig:
+    return load_config(PretrainConfig, "pretrain", "online_tiny", {"out_dir": str(out_dir), **SMALL, **overrides})
+
+
+def test_online_run_validates_checkpoints_and_resumes_exactly(tmp_path):
+    straight = make_trainer(online_config(tmp_path / "straight"))
+    assert isinstance(straight, OnlinePretrainer)
+    assert sum(b.size for b in straight.val_batches) == 4 * 4  # 2 library + 2 random held-out structures
+    history = straight.fit()
+    assert [m.step for m in history] == [2, 4]
+    for m in history:
+        assert math.isfinite(m.train_loss) and math.isfinite(m.val_loss) and 0 <= m.val_token_accuracy <= 1
+        assert m.train_samples <= m.drawn_samples == 2 * 8 and 0 < m.data_fraction < 1
+    rows = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert [RoundMetrics.from_dict(r).step for r in rows] == [2, 4]
+    assert latest_checkpoint(tmp_path / "straight" / "checkpoints").name == "step_00000004"
+
+    # a time limit that has run out after the first step: checkpoint at step 1, then the same command resumes
+    limited = make_trainer(online_config(tmp_path / "resumed", **{"train.time_limit_s": 1e-9}))
+    assert [m.step for m in limited.fit()] == [1]
+    assert latest_checkpoint(tmp_path / "resumed" / "checkpoints").name == "step_00000001"
+    resumed = make_trainer(online_config(tmp_path / "resumed"))
+    assert resumed.step == 1
+    assert [m.step for m in resumed.fit()] == [2, 4]
+    for name, tensor in straight.policy.state_dict().items():
+        assert torch.equal(resumed.policy.state_dict()[name], tensor), name
+    assert resumed.evaluate() == pytest.approx(straight.evaluate(), rel=1e-6)
+    assert make_trainer(online_config(tmp_path / "resumed")).fit() == []
+
+    policy, info = load_policy(tmp_path / "resumed" / "checkpoints" / "step_00000004")
+    assert info.step == 4 and info.train["data"]["source"] == "online"
+
+
+def test_online_cli_runs_and_rejects_a_dataset_flag(tmp_path, capsys):
+    args = ["pretrain", "--config", "online_tiny", "--out", str(tmp_path / "cli"), "--steps", "1",
+            "--set", "train.batch_size=4", "--set", "data.val_samples_per_structure=2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "step       1" in out and "samples/s" in out
+    assert main(args + ["--data", str(tmp_path)]) == 2
+    assert "--data names a stored dataset" in capsys.readouterr().err
+    assert main(["pretrain", "--config", "online_tiny", "--set", "train.steps=null"]) == 2
+    assert "train.steps" in capsys.readouterr().err
+    assert main(["pretrain", "--config", "online_tiny", "--set", "data.held_out.library=[nowhere]"]) == 2
+    assert "not in the library" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_online_ddp_on_two_ray_cpu_workers_draws_one_stream_per_rank(tmp_path):
+    import ray
+
+    from learner.pretrain_ray import pretrain_on_ray
+
+    config = online_config(tmp_path / "ddp", **{"train.steps": 2, "distributed.num_workers": 2})
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        history = pretrain_on_ray(config)
+    finally:
+        ray.shutdown()
+    assert [m.step for m in history] == [2] and history[-1].drawn_samples == 2 * 2 * 8  # two ranks
+    assert load_policy(tmp_path / "ddp" / "checkpoints" / "step_00000002")[1].step == 2
+    assert (tmp_path / "ddp" / "ray" / "pretrain" / "step_00000002" / "model.safetensors").is_file()
+
+
+@pytest.mark.gpu
+def test_online_pretraining_on_cuda_compiled_bf16_learns(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    config = online_config(tmp_path / "cuda", **{
+        "train.device": "cuda", "train.precision": "bf16", "data.compile": True, "train.steps": 60,
+        "train.eval_every": 30, "train.batch_size": 64, "data.val_samples_per_structure": 16})
+    trainer = make_trainer(config)
+    initial, _ = trainer.evaluate()
+    history = trainer.fit()
+    assert history[-1].val_loss < 0.9 * initial
+    assert load_policy(tmp_path / "cuda" / "checkpoints" / "step_00000060", device="cpu")[1].step == 60
