@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
 import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable, Iterator, Literal
 
 import numpy as np
 import torch
@@ -88,6 +89,8 @@ class OnlineDataConfig(_Strict):
     reject_degenerate: bool = Field(True, description="drop blank, constant and non-finite samples")
     compile: bool = Field(False, description="torch.compile the node functions and the renderer (CUDA)")
     prefetch: int = Field(2, ge=0, description="steps whose structures a background thread builds ahead")
+    prefetch_batches: int = Field(1, ge=0, description="batches a background thread makes ahead (on its own "
+                                  "CUDA stream) while the current one trains; 0: make each when it is needed")
     structure_cache: int = Field(1024, gt=0, description="built structures kept in memory (LRU)")
     augment: AugmentConfig = AugmentConfig()
 
@@ -353,3 +356,77 @@ class OnlineSyntheticStream:
                 future.cancel()
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
+
+
+class BatchPrefetcher:
+    """Makes the stream's batches `depth` steps ahead in a background thread, so that data generation
+    overlaps the training step instead of adding to it.
+
+    On CUDA the thread works on its own stream; a batch is handed over with an event the consuming
+    stream waits on, and its tensors are recorded on the consuming stream so the caching allocator
+    does not reuse their memory early. Batches are the same as `stream.batch(step)` (a pure function
+    of the step), so prefetching changes timing, never results. An exception in the thread is raised
+    by `next()`.
+    """
+
+    def __init__(self, stream: OnlineSyntheticStream, start: int, stop: int, depth: int = 1):
+        self.stream = stream
+        self.device = stream.device
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._thread = threading.Thread(target=self._run, args=(start, stop), name="online-batches", daemon=True)
+        self._thread.start()
+
+    def _run(self, start: int, stop: int) -> None:
+        try:
+            for step in range(start, stop):
+                if self._stop.is_set():
+                    return
+                if self._side is not None:
+                    with torch.cuda.stream(self._side):
+                        batch = self.stream.batch(step)
+                        event = torch.cuda.Event()
+                        event.record(self._side)
+                else:
+                    batch, event = self.stream.batch(step), None
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put((step, batch, event), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as err:  # handed to the consumer
+            self._queue.put((None, err, None))
+
+    def next(self, step: int) -> OnlineBatch:
+        """The batch of `step` (steps must be asked for in order)."""
+        got, batch, event = self._queue.get()
+        if got is None:
+            raise batch
+        if got != step:
+            raise RuntimeError(f"prefetched batch of step {got} handed out for step {step}")
+        if event is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(event)
+            for tensor in _tensors_of(batch):
+                tensor.record_stream(current)
+        return batch
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        self._thread.join()
+
+
+def _tensors_of(batch: OnlineBatch) -> Iterator[torch.Tensor]:
+    for value in vars(batch.policy).values():
+        if isinstance(value, torch.Tensor):
+            yield value
+    for value in (batch.images, batch.image_tokens):
+        if isinstance(value, torch.Tensor):
+            yield value

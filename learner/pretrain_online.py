@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from learner.online_data import OnlineBatch, OnlineSyntheticStream
+from learner.online_data import BatchPrefetcher, OnlineBatch, OnlineSyntheticStream
 from learner.pretrain import DataConfig, Pretrainer, PretrainConfig, WorkerContext
 from policy.checkpoint import save_checkpoint, step_dir
 
@@ -39,7 +39,7 @@ class RoundMetrics:
     lr: float
     seconds: float  # the whole round: steps, validation and checkpoint
     step_seconds: float  # data + training steps, up to the point where every rank has finished them
-    data_seconds: float  # making the batches (structures ... encode), mean over ranks
+    data_seconds: float  # waiting for batches (making them, without prefetching), mean over ranks
     train_samples: int  # training samples of the round, summed over ranks (degenerate draws dropped)
     drawn_samples: int  # samples drawn, before degenerate ones were dropped
 
@@ -108,6 +108,8 @@ class OnlinePretrainer(Pretrainer):
             (self.out_dir / "config.yaml").write_text(yaml.safe_dump(self.config.model_dump(mode="json")))
         history: list[RoundMetrics] = []
         started = time.perf_counter()
+        depth = self.config.data.prefetch_batches
+        prefetcher = BatchPrefetcher(self.stream, self.step, train.steps, depth) if depth else None
         try:
             if self.step == 0:
                 val_loss, val_acc = self.evaluate()
@@ -117,8 +119,8 @@ class OnlinePretrainer(Pretrainer):
             round_start, losses, rows, drawn, data_s = time.perf_counter(), [], 0, 0, 0.0
             while self.step < train.steps:
                 before = time.perf_counter()
-                batch = self.stream.batch(self.step)
-                data_s += time.perf_counter() - before
+                batch = prefetcher.next(self.step) if prefetcher else self.stream.batch(self.step)
+                data_s += time.perf_counter() - before  # with prefetching: the time spent waiting for it
                 losses.append(self.train_step(batch))
                 rows += batch.size
                 drawn += batch.drawn
@@ -129,6 +131,8 @@ class OnlinePretrainer(Pretrainer):
                 if stop:
                     break
         finally:
+            if prefetcher is not None:
+                prefetcher.close()
             self.stream.close()
             if self.writer is not None:
                 self.writer.close()

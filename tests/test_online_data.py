@@ -181,6 +181,32 @@ def test_online_batches_are_a_function_of_seed_rank_and_step(vocab):
     assert group_sizes(10, 4) == [3, 3, 2, 2] and group_sizes(3, 8) == [1, 1, 1]
 
 
+def test_prefetched_batches_equal_batches_made_on_demand(vocab):
+    from learner.online_data import BatchPrefetcher
+
+    config = _config()
+    stream, reference = (OnlineSyntheticStream(config, vocab, batch_size=4, seed=3) for _ in range(2))
+    prefetcher = BatchPrefetcher(stream, start=2, stop=5, depth=2)
+    try:
+        for step in (2, 3, 4):
+            got, expected = prefetcher.next(step), reference.batch(step)
+            assert got.keys == expected.keys and torch.equal(got.images, expected.images)
+            assert torch.equal(got.policy.tokens, expected.policy.tokens)
+    finally:
+        prefetcher.close()
+
+    def broken(step):
+        raise RuntimeError(f"no batch {step}")
+
+    stream.batch = broken
+    failing = BatchPrefetcher(stream, start=0, stop=3)
+    with pytest.raises(RuntimeError, match="no batch 0"):
+        failing.next(0)
+    failing.close()
+    for s in (stream, reference):
+        s.close()
+
+
 def test_held_out_structures_never_appear_in_training(vocab):
     # oak_planks is held out by name; walnut_planks and wood_laminate share its skeleton (same recipe),
     # so they must never be drawn either
