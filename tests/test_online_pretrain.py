@@ -51,6 +51,46 @@ def test_online_run_validates_checkpoints_and_resumes_exactly(tmp_path):
     assert info.step == 4 and info.train["data"]["source"] == "online"
 
 
+def fixed_retrieval(photo, k):
+    """A stand-in for k-NN retrieval (another module's job): the same two library structures."""
+    from graph_executor.library import load_library_graph
+
+    return [load_library_graph("granite"), load_library_graph("red_bricks")][:k]
+
+
+def test_real_photo_row_scores_greedy_authored_and_prior(tmp_path):
+    """Mechanics of the real-photo evaluation on stand-in photos (renders saved as JPEG, plus one
+    black capture that must be skipped); the real set lives in ../shared and is not copied."""
+    from PIL import Image
+
+    from graph_executor.executor import Plan
+    from graph_executor.library import load_library_graph
+    from graph_executor.render import render_flash
+    from learner.dataset import image_to_uint8
+    from learner.pretrain_eval import evaluate_real_photos
+
+    for name in ("granite", "oak_planks"):
+        plan = Plan(load_library_graph(name))
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        image = image_to_uint8(render_flash(plan.run(plan.stack(batch=1), res=64))[0])
+        Image.fromarray(image).save(tmp_path / "photos" / name / "0.jpg", quality=90)
+    Image.new("RGB", (64, 64)).save(tmp_path / "photos" / "granite" / "1.jpg")
+    trainer = make_trainer(online_config(tmp_path / "run", **{"train.steps": 1}))
+    trainer.fit()
+    checkpoint = tmp_path / "run" / "checkpoints" / "step_00000001"
+    report = evaluate_real_photos(checkpoint, tmp_path / "photos", fixed_retrieval, k=2, res=64)
+    assert report.photos == 2 and set(report.by_material) == {"granite", "oak_planks"}
+    for condition in ("greedy", "authored", "prior"):
+        assert report.reward[condition].n == 2 and -1 <= report.reward[condition].mean <= 1, condition
+    assert report.failures == {}
+    from learner.pretrain_eval import main as eval_main
+
+    assert eval_main(["--checkpoint", str(checkpoint), "--real-photos", str(tmp_path / "photos"), "--res", "64",
+                      "--retrieval", "tests.test_online_pretrain:fixed_retrieval", "--k", "1", "--max-photos", "1"]) == 0
+    assert eval_main(["--checkpoint", str(checkpoint), "--real-photos", str(tmp_path / "photos"),
+                      "--retrieval", "tests.nowhere:fn"]) == 2
+
+
 def test_online_cli_runs_and_rejects_a_dataset_flag(tmp_path, capsys):
     args = ["pretrain", "--config", "online_tiny", "--out", str(tmp_path / "cli"), "--steps", "1",
             "--set", "train.batch_size=4", "--set", "data.val_samples_per_structure=2"]
