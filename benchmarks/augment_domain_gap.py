@@ -64,12 +64,13 @@ def real_photos(root: Path, res: int) -> torch.Tensor:
 
 def synthetic_maps(samples: int, res: int, seed: int) -> list:
     """Executed material maps of the online stream's first draws (structures x parameter sets)."""
-    config = OnlineDataConfig(res=res, structures_per_batch=8, prefetch=0, held_out=HeldOutConfig())
+    config = OnlineDataConfig(res=res, structures_per_chunk=8, prefetch_structures=0, held_out=HeldOutConfig())
     stream = OnlineSyntheticStream(config, Vocabulary.from_registry(), batch_size=64, seed=seed)
     out = []
     step = 0
     while sum(m.basecolor.shape[0] for m in out) < samples:
-        for s, n in zip(stream.structures_for(step), stream.sizes):
+        for s in stream.structures_for(step):
+            n = stream.samples_per_structure
             gen = torch.Generator().manual_seed(seed * 1000 + len(out))
             values = s.sampler.draw(n, gen)
             params = s.codec.param_tensors(s.codec.dequantise(s.codec.quantise(values)))

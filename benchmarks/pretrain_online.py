@@ -5,8 +5,8 @@ One process runs `learner.pretrain_online.OnlinePretrainer`'s stream and trainin
 1. a profiled pass (the device is synchronised after every phase) gives the time per step of each
    phase: structure draw, parameter draw (+ quantisation), execute, render, degeneracy check,
    augment, encode, and the policy's forward/backward/optimizer step;
-2. an unprofiled pass (no extra synchronisation: what training does, with `data.prefetch_batches`
-   batches made ahead in a background thread) gives samples/s and the data fraction = time spent
+2. an unprofiled pass (no extra synchronisation: what training does, with `data.prefetch_chunks`
+   chunks made ahead in a background thread) gives samples/s and the data fraction = time spent
    waiting for the next batch / (that + time in `train_step`).
 
 With `--ray-workers 1,2` it then runs `pretrain_on_ray` for each worker count (DDP, one stream per
@@ -15,7 +15,7 @@ rank) and reports the training samples/s of the last round and the scaling effic
     python benchmarks/pretrain_online.py --quick                           # CPU, 64², seconds
     python benchmarks/pretrain_online.py --config online --device cuda     # one GPU, 256², the preset
     python benchmarks/pretrain_online.py --config online --device cuda --set train.batch_size=1024 \\
-        --set data.structures_per_batch=16
+        --set data.samples_per_structure=2048
     python benchmarks/pretrain_online.py --config online --device cuda --ray-workers 1,2 --steps 200
 """
 
@@ -45,9 +45,12 @@ def _sync(device: torch.device) -> None:
 
 
 def measure(config: PretrainConfig, warmup: int, steps: int) -> dict:
-    """Profiled and unprofiled passes over `steps` steps after `warmup` (compilation, caches)."""
+    """Profiled and unprofiled passes over `steps` steps after `warmup` (compilation, caches), both
+    rounded up to whole chunks."""
     trainer = OnlinePretrainer(config)
     stream, device = trainer.stream, trainer.device
+    whole = stream.chunk_steps  # measure whole chunks: a chunk's cost lands on its first step
+    warmup, steps = -(-warmup // whole) * whole, max(1, -(-steps // whole)) * whole
     try:
         for step in range(warmup):
             trainer.train_step(stream.batch(step))
@@ -69,7 +72,7 @@ def measure(config: PretrainConfig, warmup: int, steps: int) -> dict:
         kept = drawn = 0
         _sync(device)
         first, last = warmup + steps, warmup + 2 * steps
-        depth = config.data.prefetch_batches
+        depth = config.data.prefetch_chunks
         prefetcher = BatchPrefetcher(stream, first, last, depth) if depth else None
         for step in range(first, last):
             started = time.perf_counter()
@@ -86,8 +89,9 @@ def measure(config: PretrainConfig, warmup: int, steps: int) -> dict:
     profiled_total = sum(phases.values())
     return {
         "device": str(device), "res": config.data.res, "batch_size": config.train.batch_size,
-        "structures_per_batch": config.data.structures_per_batch, "compile": config.data.compile,
-        "precision": config.train.precision, "prefetch_batches": config.data.prefetch_batches, "steps": steps,
+        "structures_per_chunk": config.data.structures_per_chunk,
+        "samples_per_structure": stream.samples_per_structure, "chunk_steps": stream.chunk_steps, "compile": config.data.compile,
+        "precision": config.train.precision, "prefetch_chunks": config.data.prefetch_chunks, "steps": steps,
         "samples_per_s": kept / (data_s + train_s), "data_fraction": data_s / (data_s + train_s),
         "kept_fraction": kept / max(drawn, 1),
         "phase_ms_per_step": {k: 1000 * v / steps for k, v in phases.items()},
@@ -121,13 +125,14 @@ def ray_scaling(config: PretrainConfig, workers: list[int], num_cpus: int | None
 
 
 def print_table(result: dict) -> None:
-    print(f"\nonline pre-training on {result['device']}: {result['res']}², batch {result['batch_size']} "
-          f"({result['structures_per_batch']} structures), compile={result['compile']}, "
-          f"precision={result['precision']}, {result['steps']} steps per pass")
+    print(f"\nonline pre-training on {result['device']}: {result['res']}², batch {result['batch_size']}, chunks of "
+          f"{result['structures_per_chunk']} structures x {result['samples_per_structure']} samples "
+          f"({result['chunk_steps']} steps), compile={result['compile']}, precision={result['precision']}, "
+          f"{result['steps']} steps per pass")
     print(f"| phase | ms/step | share of a profiled step |\n|---|---:|---:|")
     for name, ms in result["phase_ms_per_step"].items():
         print(f"| {name} | {ms:.1f} | {result['phase_fraction'][name]:.0%} |")
-    print(f"\nunprofiled (prefetch_batches={result['prefetch_batches']}): {result['samples_per_s']:,.0f} samples/s, "
+    print(f"\nunprofiled (prefetch_chunks={result['prefetch_chunks']}): {result['samples_per_s']:,.0f} samples/s, "
           f"waiting for data {result['data_fraction']:.0%} of the step "
           f"(profiled, no overlap: {result['profiled_samples_per_s']:,.0f} samples/s); "
           f"{result['kept_fraction']:.1%} of drawn samples kept")

@@ -3,28 +3,29 @@
 The executor renders ~21,000 samples/s on one H200, so pre-training at the paper's scale (10 M
 pairs) needs no stored dataset: for step `s` on rank `r` the stream
 
-1. draws a few structures (`structures_per_batch`): a library graph with probability
+1. draws a few structures (`structures_per_chunk`): a library graph with probability
    `library_weight`, else a random structure (`graph_executor.random_graphs`) from the training
    seed range; held-out structures are never drawn;
-2. draws batch_size / structures_per_batch parameter sets for each (`graph_executor.sampling.
-   TensorSampler`, the rules of `sample_parameters` as tensor ops) and quantises them to tokens
+2. draws `samples_per_structure` parameter sets for each (`graph_executor.sampling.TensorSampler`,
+   the rules of `sample_parameters` as tensor ops) and quantises them to tokens
    (`policy.tensor_codec`): the images are rendered from the de-quantised values, so the tokens
    describe them exactly, as in `learner.datagen`;
 3. executes each structure's parameter sets as one tensor program (`Plan.run`, optionally
    torch.compiled) and renders them with a per-sample flash position (`learner.augment`);
 4. drops degenerate samples (blank, constant, non-finite; `graph_executor.degeneracy.material_ok`),
-   applies the photo-like augmentation and encodes the images with the frozen encoder.
+   applies the photo-like augmentation and encodes the images with the frozen encoder;
+5. shuffles this chunk of samples and cuts it into training batches (`OnlineSyntheticStream`).
 
-Nothing is written to disk. Every random choice of step s on rank r comes from generators seeded
-by (seed, rank, step), so a batch is a pure function of those three numbers: an interrupted run
-resumes exactly, and ranks draw different streams. The validation set is fixed by the config: the
+Nothing is written to disk. Every random choice of chunk c on rank r comes from generators seeded
+by (seed, rank, c), so the batch of step s is a pure function of (seed, rank, s): an interrupted
+run resumes exactly, and ranks draw different streams. The validation set is fixed by the config: the
 held-out structures (library names and a range of random-structure seeds) with a fixed number of
 samples each, made once at start-up; training never draws a structure whose skeleton (node
 types and wiring, names ignored) matches a held-out one.
 
 Structures are built on the host (a random one runs its 64² degeneracy check, ~30 ms on one CPU
-core) and cached; `prefetch` builds those of the next steps in a background thread so the
-training loop does not wait for them.
+core) and cached; `prefetch_structures` builds those of the next chunks in a background thread,
+and `BatchPrefetcher` makes the next chunk (on its own CUDA stream) while the current one trains.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ from policy.tokenizer import GraphStructure, GraphTokenizer, Vocabulary
 
 PHASES = ("structures", "params", "execute", "render", "check", "augment", "encode")
 _TRAINING, _VALIDATION = 0, 1  # domains, then purposes, mixed into the per-step seeds
-_STRUCTURES, _PARAMS, _FLASH, _AUGMENT = 1, 2, 3, 4
+_STRUCTURES, _PARAMS, _FLASH, _AUGMENT, _SHUFFLE = 1, 2, 3, 4, 5
 
 
 class _Strict(BaseModel):
@@ -78,8 +79,11 @@ class OnlineDataConfig(_Strict):
 
     source: Literal["online"] = "online"
     res: int = Field(256, description="render resolution (64..2048, a power of two)")
-    structures_per_batch: int = Field(4, gt=0, description="distinct structures per batch; each executes "
-                                      "batch_size / structures_per_batch parameter sets as one tensor program")
+    structures_per_chunk: int = Field(4, gt=0, description="structures drawn per chunk of samples; each executes "
+                                      "its samples_per_structure parameter sets as one tensor program")
+    samples_per_structure: int | None = Field(None, gt=0, description="parameter sets per structure and chunk "
+                                              "(None: batch_size / structures_per_chunk, one chunk per step); a chunk "
+                                              "is shuffled and cut into training batches")
     library_weight: float = Field(0.5, ge=0, le=1, description="chance that a drawn structure is a library graph")
     library: list[str] | None = Field(None, description="library graphs to train on (None: the whole library)")
     random_seeds: tuple[int, int] = Field((1_000_000, 2_000_000_000),
@@ -88,9 +92,9 @@ class OnlineDataConfig(_Strict):
     val_samples_per_structure: int = Field(16, gt=0)
     reject_degenerate: bool = Field(True, description="drop blank, constant and non-finite samples")
     compile: bool = Field(False, description="torch.compile the node functions and the renderer (CUDA)")
-    prefetch: int = Field(2, ge=0, description="steps whose structures a background thread builds ahead")
-    prefetch_batches: int = Field(1, ge=0, description="batches a background thread makes ahead (on its own "
-                                  "CUDA stream) while the current one trains; 0: make each when it is needed")
+    prefetch_structures: int = Field(2, ge=0, description="chunks whose structures a background thread builds ahead")
+    prefetch_chunks: int = Field(1, ge=0, description="chunks a background thread makes ahead (on its own CUDA "
+                                 "stream) while the current one trains; 0: make each when it is first needed")
     structure_cache: int = Field(1024, gt=0, description="built structures kept in memory (LRU)")
     augment: AugmentConfig = AugmentConfig()
 
@@ -212,37 +216,47 @@ class StructurePool:
 
 @dataclass
 class OnlineBatch:
-    """One batch on the training device: tokens and structure tensors, images, image tokens."""
+    """One batch on the training device: tokens and structure tensors, image tokens (or images)."""
 
     policy: PolicyBatch
-    images: torch.Tensor
+    images: torch.Tensor | None  # (B,3,H,W) in [0,1]; None once encoded (the trainer needs the tokens only)
     image_tokens: torch.Tensor | None
     keys: list[tuple]  # the structure of each sample
-    drawn: int  # samples drawn before degenerate ones were dropped
+    drawn: float  # samples drawn for this batch before degenerate ones were dropped (a chunk's share)
     seconds: dict[str, float] = field(default_factory=dict)  # per phase, when profiling
 
     @property
     def size(self) -> int:
         return self.policy.size
 
-
-def group_sizes(batch_size: int, groups: int) -> list[int]:
-    """batch_size split into `groups` near-equal parts (fixed per run, so compiled shapes repeat)."""
-    groups = min(groups, batch_size)
-    return [batch_size // groups + (i < batch_size % groups) for i in range(groups)]
+    def select(self, index: torch.Tensor, drawn: float) -> "OnlineBatch":
+        rows = index.tolist()
+        return OnlineBatch(self.policy.select(index),
+                           None if self.images is None else self.images[index.to(self.images.device)],
+                           None if self.image_tokens is None else self.image_tokens[index.to(self.image_tokens.device)],
+                           [self.keys[i] for i in rows], drawn)
 
 
 class OnlineSyntheticStream:
     """Batches of (image tokens, structure, parameter tokens) made on the fly; see the module docstring.
 
-    `encode` maps images (B,3,H,W) in [0,1] to image tokens (the trainer's frozen encoder); without
-    it batches carry images only. `profile=True` synchronises the device after every phase so that
-    `OnlineBatch.seconds` holds a true per-phase breakdown (benchmarks); training leaves it off.
+    Samples are made in chunks: `structures_per_chunk` structures x `samples_per_structure`
+    parameter sets, each structure's sets executed as one tensor program (the executor needs
+    ~1,000 samples per program to reach its speed on a GPU: 4.7 k samples/s at 256 per program,
+    14.7 k at 1,024, 19.6 k at 4,096, compiled, docs/benchmarks.md). A chunk is shuffled and cut
+    into `chunk_steps` training batches, so each batch still mixes every structure of its chunk.
+    Step s uses chunk s // chunk_steps; chunk c is a pure function of (seed, rank, c).
+
+    `encode` maps images (B,3,H,W) in [0,1] to image tokens (the trainer's frozen encoder, called on
+    at most `encode_batch` images at a time); without it batches carry images. `profile=True`
+    synchronises the device after every phase so that `OnlineBatch.seconds` is a true per-phase
+    breakdown (benchmarks); training leaves it off.
     """
 
     def __init__(self, config: OnlineDataConfig, vocab: Vocabulary, batch_size: int, seed: int = 0,
                  rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
-                 encode: Callable[[torch.Tensor], torch.Tensor] | None = None, profile: bool = False):
+                 encode: Callable[[torch.Tensor], torch.Tensor] | None = None, encode_batch: int = 512,
+                 profile: bool = False):
         self.config = config
         self.batch_size = batch_size
         self.seed = seed
@@ -250,28 +264,36 @@ class OnlineSyntheticStream:
         self.world_size = world_size
         self.device = torch.device(device)
         self.encode = encode
+        self.encode_batch = encode_batch
         self.profile = profile
+        per_structure = config.samples_per_structure or -(-batch_size // config.structures_per_chunk)
+        chunk = per_structure * config.structures_per_chunk
+        if chunk % batch_size:
+            raise ValueError(f"data.structures_per_chunk x data.samples_per_structure = {chunk} samples must be a "
+                             f"multiple of train.batch_size {batch_size}")
+        self.samples_per_structure = per_structure
+        self.chunk_steps = chunk // batch_size
         self.pool = StructurePool(config, vocab)
-        self.sizes = group_sizes(batch_size, config.structures_per_batch)
         self._render = compiled(render_flash) if config.compile else render_flash
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="structures") if config.prefetch else None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="structures") if config.prefetch_structures else None
         self._ahead: dict[int, Future] = {}
+        self._chunk: tuple[int, OnlineBatch, list[torch.Tensor]] | None = None
 
     # ---- structures -----------------------------------------------------------------------------
-    def structures_for(self, step: int) -> list[Structure]:
-        """The structures of step `step` on this rank (a pure function of seed, rank and step)."""
-        rng = np.random.default_rng(step_seed(self.seed, _TRAINING, self.rank, step, _STRUCTURES))
-        return [self.pool.draw(rng) for _ in self.sizes]
+    def structures_for(self, chunk: int) -> list[Structure]:
+        """The structures of chunk `chunk` on this rank (a pure function of seed, rank and chunk)."""
+        rng = np.random.default_rng(step_seed(self.seed, _TRAINING, self.rank, chunk, _STRUCTURES))
+        return [self.pool.draw(rng) for _ in range(self.config.structures_per_chunk)]
 
-    def _structures(self, step: int) -> list[Structure]:
-        future = self._ahead.pop(step, None)
+    def _structures(self, chunk: int) -> list[Structure]:
+        future = self._ahead.pop(chunk, None)
         if self._executor is not None:
-            for ahead in range(step + 1, step + 1 + self.config.prefetch):
+            for ahead in range(chunk + 1, chunk + 1 + self.config.prefetch_structures):
                 if ahead not in self._ahead:
                     self._ahead[ahead] = self._executor.submit(self.structures_for, ahead)
-            for stale in [s for s in self._ahead if s < step]:
+            for stale in [c for c in self._ahead if c < chunk]:
                 self._ahead.pop(stale).cancel()
-        return future.result() if future is not None else self.structures_for(step)
+        return future.result() if future is not None else self.structures_for(chunk)
 
     # ---- samples --------------------------------------------------------------------------------
     def _tick(self, seconds: dict[str, float], phase: str, started: float) -> float:
@@ -285,18 +307,18 @@ class OnlineSyntheticStream:
 
     def _generators(self, domain: int, a: int, b: int) -> tuple[torch.Generator, ...]:
         """Generators on the device for parameters, flash positions and augmentation of (domain,
-        rank, step) or (domain, held-out index, 0): separate streams, so switching an augmentation
+        rank, chunk) or (domain, held-out index, 0): separate streams, so switching an augmentation
         off leaves the drawn samples as they were."""
         return tuple(torch.Generator(self.device).manual_seed(step_seed(self.seed, domain, a, b, purpose))
                      for purpose in (_PARAMS, _FLASH, _AUGMENT))
 
-    def _make(self, structures: list[Structure], sizes: list[int], generators: tuple[torch.Generator, ...],
+    def _make(self, structures: list[Structure], n: int, generators: tuple[torch.Generator, ...],
               seconds: dict[str, float], started: float) -> OnlineBatch:
-        """Draw, execute, render, check, augment and encode `sizes[i]` samples of `structures[i]`."""
+        """Draw, execute, render, check, augment and encode `n` samples of each structure."""
         cfg = self.config
         params_rng, flash_rng, augment_rng = generators
-        images, tokens, groups = [], [], []
-        for g, (s, n) in enumerate(zip(structures, sizes)):
+        images, tokens, groups, encoded = [], [], [], []
+        for g, s in enumerate(structures):
             values = s.sampler.draw(n, params_rng)
             drawn = s.codec.quantise(values)
             params = s.codec.param_tensors(s.codec.dequantise(drawn))
@@ -312,29 +334,45 @@ class OnlineSyntheticStream:
                 if not bool(keep.any()):  # never an empty group: every DDP rank must take its step
                     keep = torch.ones_like(keep)
                 rendered, drawn = rendered[keep], drawn[keep]
-            images.append(rendered)
+            del maps
             tokens.append(drawn)
             groups.append(torch.full((rendered.shape[0],), g, dtype=torch.long, device=self.device))
             started = self._tick(seconds, "check", started)
+            rendered = augment(rendered, cfg.augment, augment_rng)
+            started = self._tick(seconds, "augment", started)
+            if self.encode is not None:
+                encoded += [self.encode(rendered[i:i + self.encode_batch])
+                            for i in range(0, rendered.shape[0], self.encode_batch)]
+                started = self._tick(seconds, "encode", started)
+            else:
+                images.append(rendered)
         group = torch.cat(groups)
         slots = max(s.structure.num_slots for s in structures)
         padded = torch.cat([torch.nn.functional.pad(t, (0, slots - t.shape[1])) for t in tokens])
         policy = collate([s.structure for s in structures]).to(self.device).select(group).with_tokens(padded)
-        batch_images = augment(torch.cat(images), cfg.augment, augment_rng)
-        started = self._tick(seconds, "augment", started)
-        image_tokens = self.encode(batch_images) if self.encode is not None else None
-        self._tick(seconds, "encode", started)
         keys = [structures[g].key for g in group.tolist()]
-        return OnlineBatch(policy, batch_images, image_tokens, keys, sum(sizes), seconds)
+        return OnlineBatch(policy, torch.cat(images) if images else None, torch.cat(encoded) if encoded else None,
+                           keys, n * len(structures), seconds)
 
     def batch(self, step: int) -> OnlineBatch:
-        """The training batch of `step` on this rank."""
+        """The training batch of `step` on this rank: part step % chunk_steps of chunk step // chunk_steps."""
+        chunk, part = divmod(step, self.chunk_steps)
         seconds: dict[str, float] = {}
-        started = time.perf_counter()
-        structures = self._structures(step)
-        started = self._tick(seconds, "structures", started)
-        with torch.no_grad():
-            return self._make(structures, self.sizes, self._generators(_TRAINING, self.rank, step), seconds, started)
+        if self._chunk is None or self._chunk[0] != chunk:
+            self._chunk = None  # free the previous chunk first
+            started = time.perf_counter()
+            structures = self._structures(chunk)
+            started = self._tick(seconds, "structures", started)
+            with torch.no_grad():
+                made = self._make(structures, self.samples_per_structure,
+                                  self._generators(_TRAINING, self.rank, chunk), seconds, started)
+            order = torch.randperm(made.size, generator=torch.Generator().manual_seed(
+                step_seed(self.seed, _TRAINING, self.rank, chunk, _SHUFFLE)))
+            self._chunk = (chunk, made, list(torch.tensor_split(order, self.chunk_steps)))
+        _, made, parts = self._chunk
+        out = made.select(parts[part], made.drawn * len(parts[part]) / max(made.size, 1))
+        out.seconds = seconds
+        return out
 
     def validation_batches(self) -> list[OnlineBatch]:
         """This rank's share of the fixed held-out set (every held-out structure with
@@ -344,8 +382,7 @@ class OnlineSyntheticStream:
         for index in range(self.rank, len(self.pool.held_out), self.world_size):
             structure = self.pool.held_out[index]
             with torch.no_grad():
-                batch = self._make([structure], [n], self._generators(_VALIDATION, index, 0), {},
-                                   time.perf_counter())
+                batch = self._make([structure], n, self._generators(_VALIDATION, index, 0), {}, time.perf_counter())
             if batch.size:
                 out.append(batch)
         return out
@@ -359,8 +396,8 @@ class OnlineSyntheticStream:
 
 
 class BatchPrefetcher:
-    """Makes the stream's batches `depth` steps ahead in a background thread, so that data generation
-    overlaps the training step instead of adding to it.
+    """Makes the stream's batches `chunks` chunks ahead in a background thread, so that data generation
+    overlaps the training steps instead of adding to them.
 
     On CUDA the thread works on its own stream; a batch is handed over with an event the consuming
     stream waits on, and its tensors are recorded on the consuming stream so the caching allocator
@@ -369,10 +406,11 @@ class BatchPrefetcher:
     by `next()`.
     """
 
-    def __init__(self, stream: OnlineSyntheticStream, start: int, stop: int, depth: int = 1):
+    def __init__(self, stream: OnlineSyntheticStream, start: int, stop: int, chunks: int = 1):
         self.stream = stream
         self.device = stream.device
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        # a chunk's batches are cheap slices: queue them all, so the next chunk is made while they train
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, chunks) * stream.chunk_steps)
         self._stop = threading.Event()
         self._side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self._thread = threading.Thread(target=self._run, args=(start, stop), name="online-batches", daemon=True)

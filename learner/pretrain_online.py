@@ -71,7 +71,8 @@ class OnlinePretrainer(Pretrainer):
         checkpoint = self._setup_model(config, context, resume_from)
         self.token_cache = None
         self.stream = OnlineSyntheticStream(config.data, self.vocab, config.train.batch_size, config.train.seed,
-                                            self.ctx.rank, self.ctx.world_size, self.device, encode=self.encode)
+                                            self.ctx.rank, self.ctx.world_size, self.device, encode=self.encode,
+                                            encode_batch=config.encoder.batch_size)
         self.val_batches = self.stream.validation_batches()
         held_out = len(self.stream.pool.held_out)
         if held_out == 0:
@@ -108,7 +109,7 @@ class OnlinePretrainer(Pretrainer):
             (self.out_dir / "config.yaml").write_text(yaml.safe_dump(self.config.model_dump(mode="json")))
         history: list[RoundMetrics] = []
         started = time.perf_counter()
-        depth = self.config.data.prefetch_batches
+        depth = self.config.data.prefetch_chunks
         prefetcher = BatchPrefetcher(self.stream, self.step, train.steps, depth) if depth else None
         try:
             if self.step == 0:

@@ -18,8 +18,7 @@ from graph_executor.render import render_flash
 from graph_executor.sampling import TensorSampler, sample_parameters
 from graph_executor.schema import ParamKind
 from learner.augment import AugmentConfig
-from learner.online_data import (HeldOutConfig, OnlineDataConfig, OnlineSyntheticStream, group_sizes, skeleton_key,
-                                 step_seed)
+from learner.online_data import HeldOutConfig, OnlineDataConfig, OnlineSyntheticStream, skeleton_key, step_seed
 from policy.batching import collate
 from policy.tensor_codec import TensorCodec
 from policy.tokenizer import GraphTokenizer, Vocabulary
@@ -144,7 +143,7 @@ def test_material_ok_agrees_with_material_degeneracy():
 
 
 def _config(**overrides) -> OnlineDataConfig:
-    base = dict(res=64, structures_per_batch=2, random_seeds=(1000, 1030), prefetch=1,
+    base = dict(res=64, structures_per_chunk=2, random_seeds=(1000, 1030), prefetch_structures=1,
                 held_out=HeldOutConfig(library=["oak_planks"], random_seeds=(0, 2)), val_samples_per_structure=4)
     return OnlineDataConfig(**{**base, **overrides})
 
@@ -178,7 +177,31 @@ def test_online_batches_are_a_function_of_seed_rank_and_step(vocab):
         for stream in (first, again, other_rank):
             stream.close()
     assert len({step_seed(7, 0, 0, 3, 1), step_seed(7, 0, 1, 3, 1), step_seed(7, 0, 0, 4, 1), step_seed(7, 1, 0, 3, 1)}) == 4
-    assert group_sizes(10, 4) == [3, 3, 2, 2] and group_sizes(3, 8) == [1, 1, 1]
+
+
+def test_a_chunk_is_shuffled_into_batches_that_resume_mid_chunk(vocab):
+    config = _config(samples_per_structure=6)  # 2 structures x 6 = 12 samples: 3 batches of 4 per chunk
+    stream = OnlineSyntheticStream(config, vocab, batch_size=4, seed=1)
+    fresh = OnlineSyntheticStream(config, vocab, batch_size=4, seed=1)
+    try:
+        assert stream.chunk_steps == 3
+        batches = [stream.batch(step) for step in range(3)]
+        tokens = torch.cat([torch.nn.functional.pad(b.policy.tokens, (0, 200 - b.policy.tokens.shape[1]))
+                            for b in batches])
+        assert [b.size for b in batches] == [4, 4, 4] and len({tuple(t.tolist()) for t in tokens}) == 12
+        keys = [k for b in batches for k in b.keys]
+        chunk_keys = [s.key for s in stream.structures_for(0)]
+        assert sorted(keys) == sorted(chunk_keys * 6)  # the chunk's 2 x 6 samples, each exactly once
+        assert keys != sorted(keys)  # shuffled across the batches, not structure by structure
+        assert sum(b.drawn for b in batches) == pytest.approx(12)
+        again = fresh.batch(2)  # resuming in the middle of a chunk makes the chunk again
+        assert again.keys == batches[2].keys and torch.equal(again.images, batches[2].images)
+        assert set(stream.batch(3).keys) <= {s.key for s in stream.structures_for(1)}
+    finally:
+        stream.close()
+        fresh.close()
+    with pytest.raises(ValueError, match="multiple of train.batch_size"):
+        OnlineSyntheticStream(_config(samples_per_structure=5), vocab, batch_size=4)
 
 
 def test_prefetched_batches_equal_batches_made_on_demand(vocab):
@@ -186,7 +209,7 @@ def test_prefetched_batches_equal_batches_made_on_demand(vocab):
 
     config = _config()
     stream, reference = (OnlineSyntheticStream(config, vocab, batch_size=4, seed=3) for _ in range(2))
-    prefetcher = BatchPrefetcher(stream, start=2, stop=5, depth=2)
+    prefetcher = BatchPrefetcher(stream, start=2, stop=5, chunks=2)
     try:
         for step in (2, 3, 4):
             got, expected = prefetcher.next(step), reference.batch(step)
