@@ -99,7 +99,8 @@ def probe(real: torch.Tensor, synth: torch.Tensor, folds: int = 5, seed: int = 0
     (balanced classes; chance: 0.5 and 0.693). The log loss keeps grading when accuracy saturates."""
     n = min(len(real), len(synth))
     gen = torch.Generator().manual_seed(seed)
-    x = torch.cat([real[torch.randperm(len(real), generator=gen)[:n]], synth[torch.randperm(len(synth), generator=gen)[:n]]])
+    x = torch.cat([real[torch.randperm(len(real), generator=gen)[:n]],
+                   synth[torch.randperm(len(synth), generator=gen)[:n]]])
     y = torch.cat([torch.ones(n), torch.zeros(n)]).double()
     order = torch.randperm(2 * n, generator=gen)
     x, y = x[order], y[order]

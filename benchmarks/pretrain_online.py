@@ -90,7 +90,8 @@ def measure(config: PretrainConfig, warmup: int, steps: int) -> dict:
     return {
         "device": str(device), "res": config.data.res, "batch_size": config.train.batch_size,
         "structures_per_chunk": config.data.structures_per_chunk,
-        "samples_per_structure": stream.samples_per_structure, "chunk_steps": stream.chunk_steps, "compile": config.data.compile,
+        "samples_per_structure": stream.samples_per_structure, "chunk_steps": stream.chunk_steps,
+        "compile": config.data.compile,
         "precision": config.train.precision, "prefetch_chunks": config.data.prefetch_chunks, "steps": steps,
         "samples_per_s": kept / (data_s + train_s), "data_fraction": data_s / (data_s + train_s),
         "kept_fraction": kept / max(drawn, 1),

@@ -253,7 +253,8 @@ class TensorSampler:
             "width": torch.tensor(width, **f64), "group": torch.tensor(group, dtype=torch.long),
             "choices": torch.tensor(choices, dtype=torch.long), "flip": torch.tensor(flip, **f64),
             "is_int": torch.tensor(self.is_int, dtype=torch.bool),
-            "table": torch.tensor([t + [0] * (longest - len(t)) for t in tables], dtype=torch.long).reshape(-1, longest),
+            "table": torch.tensor([t + [0] * (longest - len(t)) for t in tables],
+                                  dtype=torch.long).reshape(-1, longest),
             "table_len": torch.tensor([max(1, len(t)) for t in tables], dtype=torch.long),
         }
         self._on: dict[torch.device, dict[str, torch.Tensor]] = {}

@@ -69,7 +69,6 @@ class OnlinePretrainer(Pretrainer):
         if config.train.steps is None:
             raise ValueError("data.source online needs train.steps (an online run has no epochs)")
         checkpoint = self._setup_model(config, context, resume_from)
-        self.token_cache = None
         self.stream = OnlineSyntheticStream(config.data, self.vocab, config.train.batch_size, config.train.seed,
                                             self.ctx.rank, self.ctx.world_size, self.device, encode=self.encode,
                                             encode_batch=config.encoder.batch_size)

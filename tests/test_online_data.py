@@ -30,7 +30,8 @@ def _ranged_graph():
     kinds = {raw["type"]: name for name, raw in data["nodes"].items()}
     data["meta"]["sampling"] = {
         "ranges": {f"{kinds['levels']}.gamma": [0.5, 2.0], f"{kinds['blend']}.mode": ["screen", "add", "overlay"],
-                   f"{kinds['bricks']}.rows": [4, 12], f"{kinds['gradient_map']}.color_0": [[0.1, 0.1, 0.1], [0.4, 0.3, 0.2]]},
+                   f"{kinds['bricks']}.rows": [4, 12],
+                   f"{kinds['gradient_map']}.color_0": [[0.1, 0.1, 0.1], [0.4, 0.3, 0.2]]},
         "fixed": [f"{kinds['bricks']}.gap", f"{kinds['wood_rings']}.direction"], "spread": 0.3, "enum_flip": 0.3}
     return loads_graph(json.dumps(data))
 
@@ -176,7 +177,8 @@ def test_online_batches_are_a_function_of_seed_rank_and_step(vocab):
     finally:
         for stream in (first, again, other_rank):
             stream.close()
-    assert len({step_seed(7, 0, 0, 3, 1), step_seed(7, 0, 1, 3, 1), step_seed(7, 0, 0, 4, 1), step_seed(7, 1, 0, 3, 1)}) == 4
+    seeds = {step_seed(7, 0, 0, 3, 1), step_seed(7, 0, 1, 3, 1), step_seed(7, 0, 0, 4, 1), step_seed(7, 1, 0, 3, 1)}
+    assert len(seeds) == 4
 
 
 def test_a_chunk_is_shuffled_into_batches_that_resume_mid_chunk(vocab):

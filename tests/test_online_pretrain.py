@@ -86,7 +86,8 @@ def test_real_photo_row_scores_greedy_authored_and_prior(tmp_path):
     from learner.pretrain_eval import main as eval_main
 
     assert eval_main(["--checkpoint", str(checkpoint), "--real-photos", str(tmp_path / "photos"), "--res", "64",
-                      "--retrieval", "tests.test_online_pretrain:fixed_retrieval", "--k", "1", "--max-photos", "1"]) == 0
+                      "--retrieval", "tests.test_online_pretrain:fixed_retrieval", "--k", "1",
+                      "--max-photos", "1"]) == 0
     assert eval_main(["--checkpoint", str(checkpoint), "--real-photos", str(tmp_path / "photos"),
                       "--retrieval", "tests.nowhere:fn"]) == 2
 
