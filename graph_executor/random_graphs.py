@@ -180,8 +180,8 @@ class _Builder:
         if self.chance(0.6) or not pool:
             return self.generator(self.palette.mask_noises)
         low = self.rng.uniform(0.2, 0.6)
-        high = min(1.0, low + self.rng.uniform(0.1, 0.4))
-        return self.levels(self.rng.choice(pool), 0.0, 1.0, in_low=low, in_high=high)
+        source = self.rng.choice(pool)
+        return self.levels(source, 0.0, 1.0, in_low=low, in_high=min(1.0, low + self.rng.uniform(0.1, 0.4)))
 
     def color(self, rgb: list[float] | None = None) -> str:
         spec = self.lib["uniform_color"]
