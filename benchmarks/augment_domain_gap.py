@@ -44,6 +44,7 @@ from learner.augment import SWITCHES, AugmentConfig, augment, flash_positions  #
 from learner.online_data import HeldOutConfig, OnlineDataConfig, OnlineSyntheticStream  # noqa: E402
 from policy.encoders import EncoderConfig  # noqa: E402
 from policy.tokenizer import Vocabulary  # noqa: E402
+from matrl.config import parse_overrides  # noqa: E402
 
 REAL_PHOTOS = Path(os.environ.get("MATRL_REAL_PHOTOS",
                                   Path(__file__).resolve().parent.parent.parent / "shared" / "real_photos"))
@@ -153,6 +154,9 @@ def main() -> None:
     parser.add_argument("--res", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--variants", help="comma-separated subset of: none, all, and the switch names")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="AugmentConfig field for every variant, e.g. --set jpeg_quality=[80,98]")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.threads:
@@ -163,8 +167,14 @@ def main() -> None:
     encoder = EncoderConfig().build()
     real = features(encoder, real_photos(args.photos, args.res))
     maps = synthetic_maps(args.samples, args.res, args.seed)
-    variants = {"none": AugmentConfig.off(), **{f"only {s}": AugmentConfig().only(s) for s in SWITCHES},
-                "all": AugmentConfig()}
+    base = AugmentConfig(**parse_overrides(args.set))
+    variants = {"none": AugmentConfig.off(), **{f"only {s}": base.only(s) for s in SWITCHES}, "all": base}
+    if args.variants:
+        wanted = {v if v in ("none", "all") else f"only {v}" for v in args.variants.split(",")}
+        unknown = wanted - set(variants)
+        if unknown:
+            parser.error(f"--variants: unknown {sorted(unknown)}")
+        variants = {k: v for k, v in variants.items() if k in wanted}
     rows = []
     for name, config in variants.items():
         synth = features(encoder, variant_images(maps, config, args.seed))
