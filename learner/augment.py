@@ -63,10 +63,14 @@ class AugmentConfig(BaseModel):
     rotation_deg: float = Field(4.0, ge=0, le=45, description="rotation uniform in [-deg, deg]")
     crop_scale: tuple[float, float] = Field((0.8, 1.0), description="kept fraction of the side (zoom-in crop)")
     noise: bool = True
-    noise_shot: tuple[float, float] = Field((0.0, 0.004), description="shot-noise variance per unit linear signal")
-    noise_read: tuple[float, float] = Field((0.0, 0.005), description="read-noise standard deviation (linear)")
+    # Noise and JPEG as they survive the resize to the training resolution: the photos are taken at
+    # >= 1024², stored at 512² and fed at 256², which averages noise and blocks away. At twice these
+    # strengths (shot 0.004, read 0.005, quality 60-95) each moved the renders' encoder features
+    # further from the real photos' (benchmarks/augment_domain_gap.py, docs/benchmarks.md).
+    noise_shot: tuple[float, float] = Field((0.0, 0.001), description="shot-noise variance per unit linear signal")
+    noise_read: tuple[float, float] = Field((0.0, 0.0025), description="read-noise standard deviation (linear)")
     jpeg: bool = True
-    jpeg_quality: tuple[int, int] = Field((60, 95), description="JPEG quality range")
+    jpeg_quality: tuple[int, int] = Field((85, 98), description="JPEG quality range")
     jpeg_backend: Literal["auto", "opencv", "kornia"] = "auto"
 
     @classmethod
