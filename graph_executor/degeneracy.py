@@ -92,6 +92,19 @@ def material_degeneracy(maps: MaterialMaps, rendered: torch.Tensor,
     return reasons
 
 
+def material_ok(maps: MaterialMaps, rendered: torch.Tensor, config: DegeneracyConfig = DegeneracyConfig()
+                ) -> torch.Tensor:
+    """(B,) bool on the maps' device: True where `material_degeneracy` gives None, as tensor ops
+    without a round trip to the host (online pre-training judges thousands of samples a second)."""
+    finite = maps.finite_per_sample() & torch.isfinite(rendered).flatten(1).all(1)
+    images = _per_sample(rendered)
+    mean = torch.where(torch.isfinite(images), images, torch.zeros_like(images)).flatten(1).mean(1)
+    varying = torch.zeros_like(finite)
+    for name in ("basecolor", "normal", "roughness", "metallic"):
+        varying |= _spatial_std(torch.nan_to_num(getattr(maps, name).float())) >= config.min_std
+    return finite & (mean >= config.dark) & (mean <= config.bright) & varying
+
+
 def graph_degeneracy(graph: Graph, param_sets=None, res: int = 64, seed: int = 0, device: str = "cpu",
                      config: DegeneracyConfig = DegeneracyConfig()) -> list[str | None]:
     """Execute and render `graph` for each parameter set (default: its own values) and judge each."""

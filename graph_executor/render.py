@@ -21,8 +21,15 @@ class FlashConfig:
     gamma: float = 2.2
 
 
-def render_flash(maps: MaterialMaps, config: FlashConfig = FlashConfig()) -> torch.Tensor:
-    """Render a batch of maps to sRGB images (B,3,H,W) in [0,1]."""
+def render_flash(maps: MaterialMaps, config: FlashConfig = FlashConfig(),
+                 light: torch.Tensor | None = None) -> torch.Tensor:
+    """Render a batch of maps to sRGB images (B,3,H,W) in [0,1].
+
+    `light` (B,3) places each sample's camera+flash at (x, y, height) in world units above the
+    plane's centre (default: (0, 0, config.distance) for all); phone photos have the flash off
+    centre and at varying heights, which moves the highlight and changes the falloff
+    (`learner.augment` draws these per sample).
+    """
     albedo = maps.basecolor.clamp(0, 1) ** config.gamma
     B, _, H, W = albedo.shape
     device = albedo.device
@@ -31,8 +38,15 @@ def render_flash(maps: MaterialMaps, config: FlashConfig = FlashConfig()) -> tor
     r = (torch.arange(H, device=device, dtype=torch.float32) + 0.5) / H - 0.5
     px = (c * config.size).view(1, 1, 1, W)
     py = (-r * config.size).view(1, 1, H, 1)
-    to_light = torch.cat([(-px).expand(1, 1, H, W), (-py).expand(1, 1, H, W),
-                          torch.full((1, 1, H, W), config.distance, device=device)], 1)
+    if light is None:
+        to_light = torch.cat([(-px).expand(1, 1, H, W), (-py).expand(1, 1, H, W),
+                              torch.full((1, 1, H, W), config.distance, device=device)], 1)
+    else:
+        if light.shape != (B, 3):
+            raise ValueError(f"light positions must be ({B}, 3), got {tuple(light.shape)}")
+        lx, ly, lz = (light[:, i].to(device, torch.float32).view(B, 1, 1, 1) for i in range(3))
+        to_light = torch.cat([(lx - px).expand(B, 1, H, W), (ly - py).expand(B, 1, H, W),
+                              lz.expand(B, 1, H, W)], 1)
     dist2 = (to_light ** 2).sum(1, keepdim=True)
     l = to_light / dist2.sqrt()
     n_dot_l = (n * l).sum(1, keepdim=True).clamp(min=0)

@@ -22,13 +22,13 @@ import time
 import uuid
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal, Union
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -38,6 +38,7 @@ from tqdm import tqdm
 from policy.checkpoint import (epoch_dir, latest_checkpoint, load_policy, load_trainer_state, rng_state,
                                 save_checkpoint, set_rng_state)
 from learner.dataset import DatasetError, StreamingSyntheticDataset, SyntheticDataset, load_graphs
+from learner.online_data import OnlineDataConfig
 from policy.batching import PolicyBatch, collate
 from policy.encoders import EncoderConfig  # noqa: F401  (part of the pre-training config)
 from policy.model import MaterialPolicy, PolicyConfig
@@ -49,6 +50,9 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
+    """A stored dataset (`matrl gen-data`); `source: online` selects `OnlineDataConfig` instead."""
+
+    source: Literal["stored"] = "stored"
     root: Path = Field(description="dataset directory written by `matrl gen-data`")
     train_split: str = "train"
     val_split: str = "val"
@@ -83,7 +87,13 @@ class OptimConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(10, gt=0)
+    epochs: int = Field(10, gt=0, description="passes over a stored dataset")
+    steps: int | None = Field(None, gt=0, description="optimizer steps of an online run (no epochs)")
+    eval_every: int = Field(500, gt=0, description="online: validate and checkpoint every N steps")
+    time_limit_s: float | None = Field(None, gt=0, description="online: stop after this many seconds with a "
+                                       "checkpoint (resume by running the same command again)")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast the encoder and policy "
+                                                "forward/backward on CUDA (the loss stays fp32)")
     batch_size: int = Field(64, gt=0)
     eval_batch_size: int = Field(256, gt=0)
     seed: int = 0
@@ -103,9 +113,16 @@ class DistributedConfig(_Strict):
     cpus_per_worker: int = Field(1, gt=0)
 
 
+def _data_source(value: Any) -> str:
+    """The tag of `data`'s model; it appears in error keys, e.g. `data.source=online.res: ...`."""
+    source = value.get("source", "stored") if isinstance(value, dict) else getattr(value, "source", "stored")
+    return f"source={source}"
+
+
 class PretrainConfig(_Strict):
     out_dir: Path
-    data: DataConfig
+    data: Annotated[Union[Annotated[DataConfig, Tag("source=stored")],
+                          Annotated[OnlineDataConfig, Tag("source=online")]], Discriminator(_data_source)]
     encoder: EncoderConfig = EncoderConfig()
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
@@ -114,7 +131,8 @@ class PretrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _streaming(self) -> "PretrainConfig":
-        if self.data.streaming and (self.encoder.cache_tokens or self.data.max_train_samples):
+        if isinstance(self.data, DataConfig) and self.data.streaming and (
+                self.encoder.cache_tokens or self.data.max_train_samples):
             raise ValueError("data.streaming reads every training shard and encodes images per batch: "
                              "it needs encoder.cache_tokens: false and no data.max_train_samples")
         return self
@@ -216,26 +234,11 @@ class Pretrainer:
 
     def __init__(self, config: PretrainConfig, context: WorkerContext | None = None,
                  resume_from: Path | None = None):
-        self.config = config
-        self.ctx = context or WorkerContext(device=resolve_device(config.train.device))
-        self.device = self.ctx.device
-        self.out_dir = Path(config.out_dir)
-        if config.train.torch_threads is not None:
-            torch.set_num_threads(config.train.torch_threads)
-        torch.manual_seed(config.train.seed)
-
-        checkpoint = resume_from or latest_checkpoint(self.out_dir / "checkpoints")
-        if checkpoint is not None:
-            self.policy, info = load_policy(checkpoint, self.device)  # its sizes win over config.model
-            self.start_epoch, self.step = info.epoch + 1, info.step
-            vocab = Vocabulary.from_dict(info.policy.vocab)
-        else:
-            self.policy, self.start_epoch, self.step, vocab = None, 1, 0, Vocabulary.from_registry()
-
-        self.encoder = config.encoder.build().to(self.device)
-        if self.policy is None:
-            policy_config = PolicyConfig.for_encoder(self.encoder, vocab, **config.model.model_dump())
-            self.policy = MaterialPolicy(policy_config).to(self.device)
+        if not isinstance(config.data, DataConfig):
+            raise ValueError("data.source online runs on learner.pretrain_online.OnlinePretrainer "
+                             "(learner.pretrain_online.make_trainer picks the trainer for a config)")
+        checkpoint = self._setup_model(config, context, resume_from)
+        vocab = self.vocab
 
         graphs = load_graphs(config.data.root)
         self.structures = {gid: GraphTokenizer(g, vocab).structure() for gid, g in graphs.items()}
@@ -268,10 +271,43 @@ class Pretrainer:
                                      batch_size=config.train.eval_batch_size, collate_fn=self._collate,
                                      num_workers=config.train.num_workers)
 
-        opt = config.optim
+        self._setup_optimizer(sum(self.epoch_steps.values()), checkpoint)
+
+    # ---- set-up shared with the online trainer (learner.pretrain_online) -----------------------
+    def _setup_model(self, config: PretrainConfig, context: WorkerContext | None,
+                     resume_from: Path | None) -> Path | None:
+        """Device, seeds, encoder and policy (fresh, or the run's latest checkpoint); returns the
+        checkpoint resumed from, if any."""
+        self.config = config
+        self.ctx = context or WorkerContext(device=resolve_device(config.train.device))
+        self.device = self.ctx.device
+        self.out_dir = Path(config.out_dir)
+        if config.train.torch_threads is not None:
+            torch.set_num_threads(config.train.torch_threads)
+        torch.manual_seed(config.train.seed)
+
+        checkpoint = resume_from or latest_checkpoint(self.out_dir / "checkpoints")
+        if checkpoint is not None:
+            self.policy, info = load_policy(checkpoint, self.device)  # its sizes win over config.model
+            self.start_epoch, self.step = info.epoch + 1, info.step
+            self.vocab = Vocabulary.from_dict(info.policy.vocab)
+        else:
+            self.policy, self.start_epoch, self.step, self.vocab = None, 1, 0, Vocabulary.from_registry()
+
+        self.encoder = config.encoder.build().to(self.device)
+        if self.device.type == "cuda":  # cuDNN's fast convolution layout
+            self.encoder = self.encoder.to(memory_format=torch.channels_last)
+        if self.policy is None:
+            policy_config = PolicyConfig.for_encoder(self.encoder, self.vocab, **config.model.model_dump())
+            self.policy = MaterialPolicy(policy_config).to(self.device)
+        return checkpoint
+
+    def _setup_optimizer(self, total_steps: int, checkpoint: Path | None) -> None:
+        """AdamW and the warm-up + cosine schedule over `total_steps`; their state when resuming."""
+        opt = self.config.optim
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=opt.lr, betas=opt.betas,
                                            weight_decay=opt.weight_decay)
-        self.total_steps = sum(self.epoch_steps.values())
+        self.total_steps = total_steps
         warmup = opt.warmup_steps if opt.warmup_steps is not None else round(opt.warmup_fraction * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(self.total_steps, max(1, warmup), opt.min_lr_ratio))
@@ -282,6 +318,18 @@ class Pretrainer:
             set_rng_state(state["rng"])
         self.model = self.ctx.wrap_model(self.policy)
         self.writer = None
+
+    def autocast(self):
+        """bf16 autocast on CUDA when `train.precision` is bf16; otherwise a no-op context."""
+        enabled = self.config.train.precision == "bf16" and self.device.type == "cuda"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Image tokens of a batch with the frozen encoder (channels-last and bf16 on CUDA as configured)."""
+        with torch.no_grad(), self.autocast():
+            if self.device.type == "cuda":
+                images = images.contiguous(memory_format=torch.channels_last)
+            return self.encoder(images.to(self.device)).tokens
 
     # ---- data ---------------------------------------------------------------------------------
     def _steps_in_epoch(self, epoch: int) -> int:
@@ -332,13 +380,14 @@ class Pretrainer:
     def image_tokens(self, batch: Batch, split: str) -> torch.Tensor:
         if self.token_cache is not None:
             return self.token_cache[split][batch.indices].to(self.device, torch.float32)
-        with torch.no_grad():
-            return self.encoder(batch.images.to(self.device)).tokens
+        return self.encode(batch.images)
 
     # ---- steps --------------------------------------------------------------------------------
     def _logits(self, batch: Batch, split: str) -> tuple[torch.Tensor, PolicyBatch]:
         pb = batch.policy.to(self.device)
-        return self.model(pb, self.image_tokens(batch, split)), pb
+        image_tokens = self.image_tokens(batch, split)
+        with self.autocast():
+            return self.model(pb, image_tokens), pb
 
     def train_step(self, batch: Batch) -> float:
         self.model.train()
@@ -359,9 +408,13 @@ class Pretrainer:
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         """(mean cross-entropy per token, token accuracy) over the whole validation split, all ranks."""
+        return self._evaluate_batches(self.val_loader)
+
+    @torch.no_grad()
+    def _evaluate_batches(self, batches) -> tuple[float, float]:
         self.model.eval()
         totals = torch.zeros(3, dtype=torch.float64)
-        for batch in self.val_loader:
+        for batch in batches:
             logits, pb = self._logits(batch, "val")
             real_logits, targets = logits[pb.slot_mask].float(), pb.tokens[pb.slot_mask]
             totals += torch.tensor([F.cross_entropy(real_logits, targets, reduction="sum").item(),
@@ -426,9 +479,12 @@ class Pretrainer:
         self.ctx.report(metrics.as_dict(), checkpoint)
         return metrics
 
+    def _trainer_state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": rng_state()}
+
     def save(self, epoch: int, metrics: EpochMetrics) -> Path:
-        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "rng": rng_state()}
         return save_checkpoint(epoch_dir(self.out_dir / "checkpoints", epoch), self.policy,
                                encoder=self.config.encoder.model_dump(), train=self.config.model_dump(mode="json"),
-                               epoch=epoch, step=self.step, metrics=metrics.as_dict(), trainer_state=state)
+                               epoch=epoch, step=self.step, metrics=metrics.as_dict(),
+                               trainer_state=self._trainer_state())

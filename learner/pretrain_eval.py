@@ -12,6 +12,12 @@ image, each rendered with a seed other than the target's (seeds are not predicte
   * truth     - the ground-truth parameters: the ceiling left by the seed change alone.
 
 Run: `python -m learner.pretrain_eval --checkpoint RUN/checkpoints/epoch_0010 --data DIR --json out.json`.
+
+On real flash photos (`--real-photos ../shared/real_photos --retrieval module:function`), where no
+ground truth exists, each photo gets k structures from a retrieval function and each condition
+(greedy, the structures' authored values, a prior draw) keeps its best reward over them: the
+real-photo row, by which training variants (e.g. each photo-like augmentation switched off) are
+compared.
 """
 
 from __future__ import annotations
@@ -24,11 +30,13 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from graph_executor.ir import Graph
 from graph_executor.sampling import sample_parameters
 from policy.checkpoint import load_policy
 from learner.dataset import SyntheticDataset, decode_png, load_graphs, load_manifest
@@ -155,6 +163,123 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
         failures=dict(failures), seconds=time.perf_counter() - start)
 
 
+# ---- real photos (the real-photo row: needs structures retrieved for each photo) --------------------
+
+REAL_CONDITIONS = ("greedy", "authored", "prior")
+Retrieval = Callable[[np.ndarray, int], Sequence[Graph]]
+
+
+@dataclass
+class RealPhotoReport:
+    """Best reward over the k retrieved structures per photo, mean over photos, per condition:
+    greedy (the policy's parameters for each structure), authored (each structure's own values:
+    retrieval alone) and prior (a random draw around them)."""
+
+    checkpoint: str
+    photos: int
+    k: int
+    reward: dict[str, Stat] = field(default_factory=dict)
+    by_material: dict[str, dict[str, float]] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def load_retrieval(spec: str) -> Retrieval:
+    """`module:function` -> the function; it is called as `function(photo HxWx3 uint8, k)` and
+    returns up to k graph structures, most similar first (k-NN over library renders, paper §5)."""
+    import importlib
+
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ValueError(f"--retrieval {spec!r} must read module:function")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"--retrieval {spec!r}: {err}") from None
+
+
+def real_photo_paths(root: str | Path) -> list[Path]:
+    """Photos `material/N.jpg` under `root` (`../shared/real_photos`), sorted."""
+    paths = sorted(p for p in Path(root).glob("*/*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not paths:
+        raise ValueError(f"{root}: no material/N.jpg photos")
+    return paths
+
+
+def evaluate_real_photos(checkpoint: str | Path, photos: str | Path, retrieve: Retrieval, k: int = 5,
+                         res: int = 256, max_photos: int | None = None, reward_config: RewardConfig | None = None,
+                         seed: int = 0, scorer=None) -> RealPhotoReport:
+    """Score the policy on real flash photos: for every photo (blank captures skipped) and each of
+    its k retrieved structures, the greedy parameters, the authored values and a prior draw are
+    rendered and scored against the photo; each condition keeps its best structure per photo.
+    Training variants (e.g. `data.augment.<switch>: false`) are compared by their greedy row."""
+    from PIL import Image
+
+    from graph_executor.degeneracy import degeneracy_reasons
+
+    start = time.perf_counter()
+    policy, info = load_policy(checkpoint)
+    policy.eval()
+    encoder = EncoderConfig.model_validate({**info.encoder, "cache_tokens": False}).build()
+    vocab = Vocabulary.from_dict(info.policy.vocab)
+    worker = scorer or RewardWorker(reward_config or RewardConfig(res=res))
+    sampler = Sampler(policy, SamplingConfig(greedy=True, cuda_graphs=False))
+    best: dict[str, list[float]] = {c: [] for c in REAL_CONDITIONS}
+    per_material: dict[str, dict[str, list[float]]] = defaultdict(lambda: {c: [] for c in REAL_CONDITIONS})
+    failures: dict[str, int] = defaultdict(int)
+    scored = 0
+    for path in real_photo_paths(photos):
+        if max_photos is not None and scored >= max_photos:
+            break
+        photo = np.asarray(Image.open(path).convert("RGB").resize((res, res), Image.Resampling.BOX))
+        image = torch.from_numpy(photo.copy()).permute(2, 0, 1).float()[None] / 255
+        if degeneracy_reasons(image)[0] is not None:
+            continue  # some captures of the set are black
+        scored += 1
+        structures = list(retrieve(photo, k))[:k]
+        if not structures:
+            raise ValueError(f"retrieval returned no structure for {path}")
+        with torch.no_grad():
+            image_tokens = encoder(image).tokens
+        photo_best = {c: -math.inf for c in REAL_CONDITIONS}
+        for graph in structures:
+            tokenizer = GraphTokenizer(graph, vocab)
+            batch = collate([tokenizer.structure()])
+            with torch.no_grad():
+                greedy = sampler.sample(batch, image_tokens, seed=seed).tokens
+            candidates = {"greedy": tokenizer.detokenize_batch(greedy[:, :len(tokenizer)])[0], "authored": {},
+                          "prior": sample_parameters(graph, 1, seed=seed)[0]}
+            results = worker.score(ScoreRequest(structure=graph.to_json(indent=None), seeds=[seed] * 3, target=photo,
+                                                param_sets=[candidates[c] for c in REAL_CONDITIONS]))
+            for condition, result in zip(REAL_CONDITIONS, results):
+                if result.ok:
+                    photo_best[condition] = max(photo_best[condition], result.reward)
+                else:
+                    failures[condition] += 1
+        for condition, value in photo_best.items():
+            if value > -math.inf:
+                best[condition].append(value)
+                per_material[path.parent.name][condition].append(value)
+    if scored == 0:
+        raise ValueError(f"{photos}: every photo is blank")
+    return RealPhotoReport(
+        checkpoint=str(checkpoint), photos=scored, k=k, reward={c: Stat.of(v) for c, v in best.items()},
+        by_material={m: {c: float(np.mean(v)) if v else math.nan for c, v in r.items()}
+                     for m, r in sorted(per_material.items())},
+        failures=dict(failures), seconds=time.perf_counter() - start)
+
+
+def format_real_report(report: RealPhotoReport) -> str:
+    lines = [f"{report.photos} real photos, best of {report.k} retrieved structures each",
+             "", "| parameters | mean best reward | ± s.e. | n |", "| --- | --- | --- | --- |"]
+    for condition in REAL_CONDITIONS:
+        s = report.reward[condition]
+        lines.append(f"| {condition} | {s.mean:.4f} | {s.stderr:.4f} | {s.n} |")
+    if report.failures:
+        lines.append(f"\nfailed samples: {report.failures}")
+    return "\n".join(lines)
+
+
 def format_report(report: QualityReport) -> str:
     seen = "seen in training" if report.split == "train" else "never seen in training"
     lines = [f"{report.split} split: {report.samples} samples of {report.graphs} graphs "
@@ -175,16 +300,35 @@ def format_report(report: QualityReport) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", required=True, type=Path)
-    parser.add_argument("--data", required=True, type=Path)
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--max-per-graph", type=int)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--checkpoint", required=True, type=Path, help="policy checkpoint directory")
+    parser.add_argument("--data", type=Path, help="synthetic dataset: score its --split")
+    parser.add_argument("--split", default="test", help="split of --data (default test)")
+    parser.add_argument("--max-per-graph", type=int, help="samples per graph of --data")
+    parser.add_argument("--real-photos", type=Path, help="score real photos (material/N.jpg) instead of --data, "
+                        "e.g. ../shared/real_photos; needs --retrieval")
+    parser.add_argument("--retrieval", help="module:function giving each photo's k structures (real photos)")
+    parser.add_argument("--k", type=int, default=5, help="structures retrieved per photo (paper: 5)")
+    parser.add_argument("--res", type=int, default=256, help="render resolution for real photos")
+    parser.add_argument("--max-photos", type=int, help="score at most this many photos")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--json", type=Path, help="also write the report as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    report = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.max_per_graph)
-    print(format_report(report))
+    if (args.data is None) == (args.real_photos is None):
+        parser.error("give exactly one of --data and --real-photos")
+    if args.real_photos is not None:
+        if not args.retrieval:
+            parser.error("--real-photos needs --retrieval module:function (k-NN over library renders)")
+        try:
+            report = evaluate_real_photos(args.checkpoint, args.real_photos, load_retrieval(args.retrieval),
+                                          args.k, args.res, args.max_photos)
+        except ValueError as err:
+            print(f"pretrain_eval: {err}", file=sys.stderr)
+            return 2
+        print(format_real_report(report))
+    else:
+        report = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.max_per_graph)
+        print(format_report(report))
     print(f"\n({report.seconds:.0f} s)")
     if args.json:
         args.json.write_text(json.dumps(asdict(report), indent=1))

@@ -46,6 +46,12 @@ class PolicyBatch:
         return replace(self, **{f.name: getattr(self, f.name).repeat_interleave(n, 0) for f in fields(self)
                                 if getattr(self, f.name) is not None})
 
+    def select(self, index: torch.Tensor) -> "PolicyBatch":
+        """Rows `index` (a LongTensor, repeats allowed, or a bool mask) of every field: B samples of a
+        few structures are `collate(structures).select(group_of_each_sample)`, no per-sample padding."""
+        return replace(self, **{f.name: getattr(self, f.name)[index.to(self.node_types.device)]
+                                for f in fields(self) if getattr(self, f.name) is not None})
+
     def with_tokens(self, tokens: torch.Tensor) -> "PolicyBatch":
         if tuple(tokens.shape) != (self.size, self.num_slots):
             raise ValueError(f"tokens of shape {tuple(tokens.shape)} for a batch of "

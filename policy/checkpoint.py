@@ -36,7 +36,7 @@ FORMAT = "matrl.checkpoint/1"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TRAINER_STATE = "trainer_state.pt"
-_EPOCH_DIR = re.compile(r"^epoch_(\d{4,})$")
+_CHECKPOINT_DIR = re.compile(r"^(?:epoch|step)_(\d{4,})$")  # epoch_NNNN (stored data), step_NNNNNNNN (online)
 
 
 class CheckpointError(ValueError):
@@ -56,6 +56,11 @@ class CheckpointInfo:
 
 def epoch_dir(run_checkpoints: str | Path, epoch: int) -> Path:
     return Path(run_checkpoints) / f"epoch_{epoch:04d}"
+
+
+def step_dir(run_checkpoints: str | Path, step: int) -> Path:
+    """Checkpoint directory of an online run (no epochs: one every `train.eval_every` steps)."""
+    return Path(run_checkpoints) / f"step_{step:08d}"
 
 
 def save_checkpoint(path: str | Path, policy: MaterialPolicy, *, encoder: dict[str, Any] | None = None,
@@ -225,12 +230,13 @@ def load_trainer_state(path: str | Path) -> dict[str, Any]:
 
 
 def latest_checkpoint(run_checkpoints: str | Path) -> Path | None:
-    """The complete checkpoint of the highest epoch under a run's checkpoint directory, if any."""
+    """The complete checkpoint of the highest epoch (or step, for an online run) under a run's
+    checkpoint directory, if any."""
     root = Path(run_checkpoints)
     if not root.is_dir():
         return None
     epochs = sorted((int(m.group(1)), p) for p in root.iterdir()
-                    if (m := _EPOCH_DIR.match(p.name)) and (p / CONFIG).is_file())
+                    if (m := _CHECKPOINT_DIR.match(p.name)) and (p / CONFIG).is_file())
     return epochs[-1][1] if epochs else None
 
 

@@ -151,7 +151,7 @@ def test_bad_pretrain_requests_name_the_culprit(dataset, tmp_path, capsys):
     with pytest.raises(ValueError, match="train.epoch: unknown key"):
         tiny_config(dataset, tmp_path, **{"train.epoch": 3})
     assert main(["pretrain", "--config", "nonexistent-preset"]) == 2
-    assert "neither a file nor a bundled pretrain preset (default, tiny)" in capsys.readouterr().err
+    assert "neither a file nor a bundled pretrain preset (default, online, online_tiny, tiny)" in capsys.readouterr().err
 
 
 @pytest.mark.slow

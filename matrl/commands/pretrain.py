@@ -7,10 +7,18 @@ import os
 from pathlib import Path
 
 from matrl.cli_args import check_device, check_output_dir, positive_int
-from matrl.config import load_config, parse_overrides
+from matrl.config import ConfigError, load_config, parse_overrides
 
 
 def print_epoch(m: dict) -> None:
+    """One line per epoch (stored data) or per validation round (online data)."""
+    if "epoch" not in m:
+        rate = m["train_samples"] / m["step_seconds"] if m["step_seconds"] > 0 else float("nan")
+        data = m["data_seconds"] / m["step_seconds"] if m["step_seconds"] > 0 else float("nan")
+        print(f"step {m['step']:7d}  train loss {m['train_loss']:.4f}  val loss {m['val_loss']:.4f}  "
+              f"val token acc {m['val_token_accuracy']:.3f}  {rate:,.0f} samples/s  data {data:.0%}  "
+              f"({m['seconds']:.1f}s)", flush=True)
+        return
     print(f"epoch {m['epoch']:3d}  step {m['step']:6d}  train loss {m['train_loss']:.4f}  "
           f"val loss {m['val_loss']:.4f}  val token acc {m['val_token_accuracy']:.3f}  ({m['seconds']:.1f}s)",
           flush=True)
@@ -19,12 +27,18 @@ def print_epoch(m: dict) -> None:
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "pretrain", help="supervised pre-training of the policy on a synthetic dataset",
-        description="Teacher-forcing pre-training (AdamW, clip 1.0, cosine with warm-up). Re-running the "
-                    "same command resumes from the latest checkpoint in the run directory.")
-    parser.add_argument("--config", required=True, help="YAML file, or a bundled preset: tiny, default")
-    parser.add_argument("--data", type=Path, help="dataset directory (overrides data.root)")
+        description="Teacher-forcing pre-training (AdamW, clip 1.0, cosine with warm-up) on a stored dataset "
+                    "or on online synthetic data (data.source: online). Re-running the same command resumes "
+                    "from the latest checkpoint in the run directory.")
+    parser.add_argument("--config", required=True,
+                        help="YAML file, or a bundled preset: tiny, default, online, online_tiny")
+    parser.add_argument("--data", type=Path, help="dataset directory (overrides data.root; stored data only)")
     parser.add_argument("--out", type=Path, help="run directory (overrides out_dir)")
-    parser.add_argument("--epochs", type=positive_int, help="overrides train.epochs")
+    parser.add_argument("--epochs", type=positive_int, help="overrides train.epochs (stored data)")
+    parser.add_argument("--steps", type=positive_int, help="overrides train.steps (online data)")
+    parser.add_argument("--time-limit", type=float, metavar="SECONDS",
+                        help="overrides train.time_limit_s (online data): stop with a checkpoint after this long; "
+                             "the same command resumes")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set optim.lr=3e-4 (repeatable)")
     parser.add_argument("--ray", action="store_true",
@@ -34,14 +48,25 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from learner.pretrain import Pretrainer, PretrainConfig, WorkerContext, resolve_device
+    from learner.pretrain import DataConfig, PretrainConfig, WorkerContext, resolve_device
+    from learner.pretrain_online import make_trainer
 
     overrides = parse_overrides(args.set)
-    for key, value in (("data.root", args.data), ("out_dir", args.out), ("train.epochs", args.epochs),
-                       ("distributed.num_workers", args.workers)):
+    for key, value in (("out_dir", args.out), ("train.epochs", args.epochs), ("train.steps", args.steps),
+                       ("train.time_limit_s", args.time_limit), ("distributed.num_workers", args.workers)):
         if value is not None:
             overrides[key] = str(value) if isinstance(value, Path) else value
+    if args.data is not None:
+        try:  # without the flag a stored config may lack data.root; an online one must not get it
+            online = load_config(PretrainConfig, "pretrain", args.config, overrides).data.source == "online"
+        except ConfigError:
+            online = False
+        if online:
+            raise ConfigError("--data names a stored dataset; this config makes its data online "
+                              "(data.source: online)")
+        overrides["data.root"] = str(args.data)
     config = load_config(PretrainConfig, "pretrain", args.config, overrides)
+    online = not isinstance(config.data, DataConfig)
     check_output_dir(config.out_dir, "out_dir")
     if args.ray:
         from learner.pretrain_ray import pretrain_on_ray
@@ -63,8 +88,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         device = check_device(config.train.device, "train.device", allow_auto=True)
         context = WorkerContext(device=resolve_device(device), report=lambda metrics, checkpoint: print_epoch(metrics))
-        history = Pretrainer(config, context).fit()
+        history = make_trainer(config, context).fit()
     if not history:
-        print(f"nothing to do: {config.out_dir} already holds all {config.train.epochs} epochs")
+        done = f"{config.train.steps} steps" if online else f"{config.train.epochs} epochs"
+        print(f"nothing to do: {config.out_dir} already holds all {done}")
     print(f"checkpoints and TensorBoard logs in {config.out_dir}")
     return 0
