@@ -135,6 +135,8 @@ class PretrainConfig(_Strict):
                 self.encoder.cache_tokens or self.data.max_train_samples):
             raise ValueError("data.streaming reads every training shard and encodes images per batch: "
                              "it needs encoder.cache_tokens: false and no data.max_train_samples")
+        if not isinstance(self.data, DataConfig) and self.train.steps is None:
+            raise ValueError("data.source online needs train.steps (an online run has no epochs)")
         return self
 
 
