@@ -112,11 +112,19 @@ class LearnerShell:
         if rows is None:
             table = self._buffer("take_all")
         else:
-            if min_version is not None:
-                self._buffer("drop_stale", min_version)
-            if not self._buffer("wait_for_rows", rows, wait_s):
-                raise TimeoutError(f"the replay buffer did not reach {rows} rows within {wait_s:g}s")
-            table = self._buffer("take", rows, min_version)
+            import pyarrow as pa
+
+            parts, have = [], 0
+            deadline = time.monotonic() + wait_s
+            while have < rows:  # rows that turn stale while waiting are dropped: wait for fresh ones
+                if min_version is not None:
+                    self._buffer("drop_stale", min_version)
+                if not self._buffer("wait_for_rows", rows - have, max(0.0, deadline - time.monotonic())):
+                    raise TimeoutError(f"the replay buffer did not reach {rows} rows within {wait_s:g}s")
+                part = self._buffer("take", rows - have, min_version)
+                parts.append(part)
+                have += part.num_rows
+            table = pa.concat_tables(parts).unify_dictionaries().combine_chunks() if len(parts) > 1 else parts[0]
         waited = time.perf_counter() - start
         metrics = self.learner.update(table, seed, iteration)
         metrics["wait_s"] = waited

@@ -32,6 +32,8 @@ def _kill_reward_workers(out, count: int, after_file, killed: list) -> None:
     while time.monotonic() < deadline and not after_file.exists():
         time.sleep(0.2)
     time.sleep(1.0)
+    while time.monotonic() < deadline and len(role_pids(out, "reward")) < count:
+        time.sleep(0.2)
     for pid in role_pids(out, "reward")[:count]:
         os.kill(pid, signal.SIGKILL)
         killed.append(pid)
@@ -44,16 +46,18 @@ def test_reward_workers_killed_mid_run(cluster, init_checkpoint, tmp_path, kill)
     marker = out / "metrics.jsonl"
     killer = threading.Thread(target=_kill_reward_workers, args=(out, kill, marker, killed), daemon=True)
     killer.start()
-    assert main(job_args(init_checkpoint, out, 4, "--set", "validation.every=0", "--set", "reward.workers=4",
+    assert main(job_args(init_checkpoint, out, 20, "--set", "validation.every=0", "--set", "reward.workers=4",
                          "--set", "reward.num_cpus=0.5")) == 0
     killer.join(5)
     assert len(killed) == kill
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["iterations"] == 4 and summary["trajectories"] == 32
+    assert summary["iterations"] == 20 and summary["trajectories"] == 20 * 8  # every trajectory scored
     events = summary["events"]
-    assert events["reward_restarts"] >= kill, events
+    assert events["reward_retries"] + events["reward_restarts"] >= 1, events
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert lines[-1]["reward_workers"] == 4  # the pool was refilled
+    assert min(m["reward_workers"] for m in lines) >= 4 - kill
+    assert lines[-1]["reward_workers"] == 4, [m["reward_workers"] for m in lines]  # the pool was refilled
+    assert events["reward_restarts"] >= kill, events
 
 
 def _free_port() -> int:
@@ -87,6 +91,7 @@ def test_reward_server_restart_mid_run(cluster, init_checkpoint, tmp_path):
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not marker.exists():
             time.sleep(0.2)
+        time.sleep(1.0)
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
         time.sleep(2.0)

@@ -118,14 +118,14 @@ def _kill_first(out, role: str, delay_s: float, killed: list, after_file=None) -
 def test_a_rollout_worker_killed_mid_run_is_replaced_and_no_trajectory_is_lost(cluster, init_checkpoint, tmp_path):
     out = tmp_path / "killed"
     killed: list = []
-    killer = threading.Thread(target=_kill_first, args=(out, "rollout", 6.0, killed), daemon=True)
+    killer = threading.Thread(target=_kill_first, args=(out, "rollout", 0.0, killed), daemon=True)
     killer.start()
-    assert main(job_args(init_checkpoint, out, 2, "--set", "validation.every=0")) == 0
+    assert main(job_args(init_checkpoint, out, 4, "--set", "validation.every=0")) == 0
     killer.join(5)
     assert killed, "the test never found a rollout worker to kill"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["events"]["rollout_restarts"] >= 1
-    assert summary["iterations"] == 2 and summary["trajectories"] == 16
+    assert summary["iterations"] == 4 and summary["trajectories"] == 32
 
 
 def test_async_mode_never_trains_on_rows_older_than_the_lag_bound(cluster, init_checkpoint, tmp_path):

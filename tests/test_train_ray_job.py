@@ -23,10 +23,10 @@ def test_matrl_train_as_a_ray_job_checkpoints_and_exports_metrics(ray_head, tmp_
     job_dir = tmp_path / "job"
     job_dir.mkdir()
     name = f"matrl-job-{uuid.uuid4().hex[:8]}"
-    sets = {"init": str(init), "iterations": 6, "targets.synthetic.graphs": f"[{','.join(GRAPHS)}]",
+    sets = {"init": str(init), "iterations": 30, "targets.synthetic.graphs": f"[{','.join(GRAPHS)}]",
             "rollout.targets_per_worker": 2, "rollout.sampling.samples_per_target": 4, "rollout.num_cpus": 0.25,
             "learner.num_cpus": 0.25, "reward.workers": 1, "reward.num_cpus": 1, "validation.targets": 4,
-            "validation.every": 3, "ppo.minibatch": 8, "ppo.epochs": 2}
+            "validation.every": 10, "ppo.minibatch": 8, "ppo.epochs": 2}
     command = ["matrl", "train", "--config", "tiny", "--out", str(out), "--no-progress", "--job-name", name]
     for key, value in sets.items():
         command += ["--set", f"{key}={value}"]
@@ -55,7 +55,7 @@ def test_matrl_train_as_a_ray_job_checkpoints_and_exports_metrics(ray_head, tmp_
     assert set(seen) == set(wanted), f"metrics seen on {ray_head.metrics_url}: {seen}"
     assert seen["ray_matrl_rollout_workers"] == 1
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["iterations"] == 6
+    assert summary["iterations"] == 30
     assert summary["reward_first"] != summary["reward_last"]
     assert (out / "checkpoints" / "latest" / "model.safetensors").is_file()
-    assert "it    6" in logs
+    assert "it   30" in logs

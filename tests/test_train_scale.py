@@ -22,7 +22,7 @@ def _lines(path):
 def test_scale_changes_live_counts_of_a_running_job(ray_head, tmp_path):
     init = save_checkpoint(tmp_path / "init", tiny_policy(), encoder=EncoderConfig().model_dump())
     out = tmp_path / "run"
-    sets = {"init": str(init), "iterations": 8, "targets.synthetic.graphs": f"[{','.join(GRAPHS)}]",
+    sets = {"init": str(init), "iterations": 40, "targets.synthetic.graphs": f"[{','.join(GRAPHS)}]",
             "rollout.targets_per_worker": 2, "rollout.sampling.samples_per_target": 4, "rollout.num_cpus": 0.25,
             "rollout.max_workers": 3, "learner.num_cpus": 0.25, "reward.workers": 1, "reward.num_cpus": 1,
             "reward.max_workers": 2, "validation.targets": 4, "validation.every": 0, "ppo.minibatch": 8,
@@ -53,7 +53,7 @@ def test_scale_changes_live_counts_of_a_running_job(ray_head, tmp_path):
         if job.poll() is None:
             job.kill()
     lines = _lines(out / "metrics.jsonl")
-    assert [m["iteration"] for m in lines] == list(range(1, 9))
+    assert [m["iteration"] for m in lines] == list(range(1, 41))
     before = [m for m in lines if m["rollout_workers"] == 1]
     after = [m for m in lines if m["rollout_workers"] == 2]
     assert before and after and lines[-1]["rollout_workers"] == 2

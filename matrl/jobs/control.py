@@ -67,15 +67,14 @@ class JobControl:
 def find_control(job: str | None = None):
     """The control actor of `job`, or of the only running `matrl train` job when `job` is None."""
     import ray
-    from ray.util.state import list_actors
 
     if job is not None:
         try:
             return ray.get_actor(PREFIX + job, namespace=NAMESPACE)
         except ValueError:
             raise ScaleError(f"no running matrl train job named {job!r} on this cluster") from None
-    names = sorted(a.name for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)
-                   if a.name and a.name.startswith(PREFIX) and (a.ray_namespace in (None, NAMESPACE)))
+    names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                   if a["namespace"] == NAMESPACE and a["name"].startswith(PREFIX))
     if not names:
         raise ScaleError("no running matrl train job on this cluster")
     if len(names) > 1:

@@ -472,7 +472,9 @@ class TrainJob:
         roles = {"learner": self.pids.get("learner"),
                  "rollout": [self.pids.get(f"rollout-{w}") for w in range(len(self.rollouts))],
                  "reward": [slot.pid for slot in self.server.pool.slots] if self.server is not None else []}
-        (self.out / "roles.json").write_text(json.dumps(roles))
+        tmp = self.out / ".roles.json.tmp"
+        tmp.write_text(json.dumps(roles))
+        tmp.replace(self.out / "roles.json")
 
     def _reward_counts(self) -> dict:
         if self.server is None:
