@@ -55,6 +55,9 @@ class RefineConfig(BaseModel):
     float_step: float = Field(0.1, gt=0, description="std of a non-differentiable float's move, fraction of its range")
     temperature_start: float = Field(0.01, gt=0, description="annealing temperature in reward units at the start")
     temperature_end: float = Field(0.001, gt=0)
+    max_gradient_steps: int | None = Field(None, ge=0, description="stop the gradient pass after this many "
+                                           "steps even with budget left (None: only the budget)")
+    max_mcmc_iterations: int | None = Field(None, ge=0, description="the same for the MCMC pass")
     seed: int = 0
 
 
@@ -152,7 +155,8 @@ class Refiner:
         optimizer = torch.optim.Adam(units, lr=self.config.lr)
         best_units, best_reward = None, reward
         step_cost = 0.0
-        while time.perf_counter() + step_cost < deadline:
+        while time.perf_counter() + step_cost < deadline and result.gradient_steps < (
+                self.config.max_gradient_steps if self.config.max_gradient_steps is not None else math.inf):
             t0 = time.perf_counter()
             tensors = {node: dict(values) for node, values in base.items()}
             for (node, spec), u in zip(leaves, units):
@@ -214,7 +218,8 @@ class Refiner:
         best, best_reward = params, reward
         begin = time.perf_counter()
         step_cost = 0.0
-        while time.perf_counter() + step_cost < deadline:
+        limit = cfg.max_mcmc_iterations if cfg.max_mcmc_iterations is not None else math.inf
+        while time.perf_counter() + step_cost < deadline and result.mcmc_iterations < limit:
             t0 = time.perf_counter()
             proposals = [self._propose(current, discrete, rng) for _ in range(batch)]
             rewards = self.score(plan, proposals, target, seed)
