@@ -117,6 +117,20 @@ def test_refine_through_the_pipeline_keeps_the_best_and_writes_it(checkpoint, li
     assert summary["best_reward"] == pytest.approx(max(summary["refine"]["reward"], result.best.reward))
 
 
+@pytest.mark.slow
+def test_infer_on_real_photos_beats_the_random_floor(checkpoint, real_photos_dir, tmp_path):
+    """Real flash photos (never copied: read from ../shared or MATRL_REAL_PHOTOS), JPEG, 512²."""
+    engine = MaterialInference(checkpoint, InferConfig(out_res=128))
+    for material in ("wood-alder", "stone-smalltile", "leather-blue"):
+        photo = Path(real_photos_dir) / material / "4.jpg"
+        if not photo.is_file():
+            pytest.skip(f"{photo} is absent")
+        result = engine.infer(photo)
+        assert result.best_reward > result.random_floor_reward, material
+        engine.write(result, tmp_path / material)
+        assert (tmp_path / material / "summary.json").is_file()
+
+
 # ---- photos ----------------------------------------------------------------------------------
 
 def _pattern(w: int, h: int) -> np.ndarray:
