@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,7 +35,7 @@ from graph_executor.executor import SUPPORTED_RES, Plan
 from graph_executor.ir import Graph
 from graph_executor.library import load_library_graph
 from graph_executor.render import render_flash
-from policy.batching import collate
+from policy.batching import PolicyBatch, collate
 from policy.checkpoint import CheckpointError, load_policy, read_checkpoint_info
 from policy.encoders import EncoderConfig
 from policy.sampler import Sampler, SamplingConfig
@@ -62,6 +62,28 @@ def default_checkpoint(models_dir: Path = MODELS_DIR) -> Path:
         raise CheckpointError(f"several checkpoints under {models_dir}/ ({', '.join(p.name for p in found)}): "
                               "pass --checkpoint DIR to choose one")
     return found[0]
+
+
+def pad_slots(batch: PolicyBatch, multiple: int) -> PolicyBatch:
+    """The batch with its slot axis padded to a multiple of `multiple` (padded slots: mask False, only
+    token 0 admitted, ignored by the detokenizer, which reads each graph's own slots). Greedy tokens
+    are unchanged; top-p draws differ from the unpadded batch's for a seed (its uniforms are laid out
+    per slot count) but are draws of the same distribution."""
+    s = batch.num_slots
+    extra = (-s) % multiple
+    if extra == 0:
+        return batch
+    b = batch.size
+
+    def grow(t: torch.Tensor, fill=0) -> torch.Tensor:
+        pad = torch.full((b, extra, *t.shape[2:]), fill, dtype=t.dtype, device=t.device)
+        return torch.cat([t, pad], 1)
+
+    masks = grow(batch.token_masks, False)
+    masks[:, s:, 0] = True
+    return replace(batch, slot_node=grow(batch.slot_node), slot_param=grow(batch.slot_param),
+                   slot_component=grow(batch.slot_component), slot_mask=grow(batch.slot_mask, False),
+                   token_masks=masks, tokens=None if batch.tokens is None else grow(batch.tokens))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -220,6 +242,8 @@ class MaterialInference:
         ids = [r.structure_id for r in retrieved]
         structures = [self._structure(s) for s in ids]
         batch = collate([tok.structure() for _, tok in structures])
+        if self.device.type == "cuda":  # few distinct shapes, so the sampler's CUDA graphs are replayed, not recaptured
+            batch = pad_slots(batch, SamplingConfig().kv_bucket)
         tokens = encoded.tokens.expand(len(ids), -1, -1)
         greedy = self.greedy.sample(batch, tokens, seed=cfg.seed, samples_per_graph=1).tokens.cpu().numpy()
         sampled = (self.sampler.sample(batch, tokens, seed=cfg.seed, samples_per_graph=cfg.samples - 1)
