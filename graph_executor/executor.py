@@ -105,12 +105,14 @@ class Plan:
 
     def run(self, params: ParamTensors, res: int = 256, seed: int | Sequence[int] | torch.Tensor = 0,
             device: str | torch.device | None = None, step_times: dict[str, float] | None = None,
-            compile: bool = False) -> MaterialMaps:
+            compile: bool = False, grad: bool = False) -> MaterialMaps:
         """Evaluate the batch; `seed` is one int or one per sample (a batch equals its single runs).
 
         Pass a dict as `step_times` to accumulate seconds per node (synchronising CUDA per node).
         `compile=True` runs the node functions through torch.compile (`graph_executor.compiled`):
         about 3x faster on a GPU once compiled, but each new batch size or shape compiles first.
+        `grad=True` records autograd through the nodes, so float parameter tensors that require
+        grad receive gradients (refinement, `matrl.infer.refine`); by default nothing is recorded.
         """
         if res not in SUPPORTED_RES:
             raise GraphError(f"unsupported resolution {res}; supported: {list(SUPPORTED_RES)}")
@@ -126,7 +128,7 @@ class Plan:
         cache: dict = {}
         values: dict[tuple[str, str], torch.Tensor] = {}
         result = None
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad):
             for step in self.steps:
                 node_params = {k: v.to(device) for k, v in params[step.name].items()}
                 inputs = {port: _to_port(values[src], step.spec.inputs[port])

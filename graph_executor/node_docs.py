@@ -23,10 +23,11 @@ def _node_section(spec: NodeSpec) -> list[str]:
     outs = ", ".join(f"`{k}` ({v.value})" for k, v in spec.outputs.items())
     lines = [f"### `{spec.type}`", "", spec.doc or "", "", f"Inputs: {ins}. Outputs: {outs}.", ""]
     if spec.params:
-        lines += ["| parameter | kind | range | default | predicted | notes |", "|---|---|---|---|---|---|"]
+        lines += ["| parameter | kind | range | default | predicted | gradient | notes |",
+                  "|---|---|---|---|---|---|---|"]
         for p in spec.params:
             lines.append(f"| `{p.name}` | {p.kind.value} | {_range(p)} | `{p.default}` | "
-                         f"{'yes' if p.predicted else 'no'} | {p.doc} |")
+                         f"{'yes' if p.predicted else 'no'} | {'yes' if p.differentiable else 'no'} | {p.doc} |")
         lines.append("")
     return lines
 
@@ -39,7 +40,9 @@ def nodes_markdown() -> str:
              "Generated from the node schemas by `matrl nodes doc -o docs/nodes.md`; do not edit by hand.", "",
              f"{len(registry)} node types in {len(categories)} categories, {predicted} predicted parameters "
              "in all. Scalars are quantised into 128 bins over their range for the policy; every "
-             "output tiles seamlessly.", ""]
+             "output tiles seamlessly. *gradient*: whether `matrl infer --refine` moves the parameter "
+             "by gradient descent (floats, colours and vectors unless their effect is rounded, "
+             "thresholded or hashed); the others are searched by MCMC.", ""]
     for category in categories:
         lines += [f"## {category}", ""]
         for name in sorted(n for n, s in registry.items() if s.category == category):

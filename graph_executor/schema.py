@@ -54,7 +54,11 @@ class ParamSpec:
 
     `low`/`high` bound scalars and every component of colours and vectors; `choices` names enum
     values; `size` is the component count of vectors (colours are always 3). `predicted` says
-    whether the policy emits a token for it (seeds are not predicted).
+    whether the policy emits a token for it (seeds are not predicted). `differentiable` says
+    whether gradient-based refinement (`matrl infer --refine`) may move it: None (the default)
+    resolves to True for floats, colours and vectors and False for ints, bools and enums; a node
+    sets False for a float whose effect goes through rounding, a threshold or a hash, where the
+    gradient is zero or undefined (those are left to the discrete search).
     """
 
     name: str
@@ -66,6 +70,14 @@ class ParamSpec:
     size: int = 1
     predicted: bool = True
     doc: str = ""
+    differentiable: bool | None = None
+
+    def __post_init__(self):
+        continuous = self.kind in (ParamKind.FLOAT, ParamKind.COLOR, ParamKind.VECTOR)
+        if self.differentiable is None:
+            object.__setattr__(self, "differentiable", continuous)
+        elif self.differentiable and not continuous:
+            raise ValueError(f"parameter {self.name!r}: a {self.kind.value} parameter cannot be differentiable")
 
     @property
     def components(self) -> int:
@@ -126,10 +138,10 @@ class ParamSpec:
 
 
 def P(name: str, kind: str, default: Any, low: float = 0.0, high: float = 1.0, *, choices=(),
-      size: int = 1, predicted: bool = True, doc: str = "") -> ParamSpec:
+      size: int = 1, predicted: bool = True, doc: str = "", differentiable: bool | None = None) -> ParamSpec:
     """Short constructor so node definitions read as declarative tables."""
     return ParamSpec(name, ParamKind(kind), default, float(low), float(high), tuple(choices), size,
-                     predicted, doc)
+                     predicted, doc, differentiable)
 
 
 def seed_param() -> ParamSpec:

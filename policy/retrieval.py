@@ -399,6 +399,17 @@ class RetrievalIndex:
             by_shape.setdefault(tuple(t.shape), []).append(i)
         for rows in by_shape.values():
             embedded[rows] = self.embed(torch.stack([tensors[i] for i in rows]))
+        return self.retrieve_embedded(embedded, k)
+
+    def retrieve_embedded(self, embeddings: np.ndarray, k: int = 5) -> list[list[Retrieved]]:
+        """`retrieve_batch` for queries already embedded (B, D) by this index's encoder (L2-normalised
+        here), e.g. pooled features a caller computed anyway with the same encoder."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise RetrievalIndexError(f"k must be a positive integer, got {k!r}")
+        embedded = _normalise(np.atleast_2d(embeddings))
+        if embedded.shape[1] != self.embeddings.shape[1]:
+            raise RetrievalIndexError(f"queries of width {embedded.shape[1]} for an index of "
+                                      f"{self.embeddings.shape[1]}-d embeddings")
         scores = self.scores(embedded)
         k = min(k, scores.shape[1])
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]

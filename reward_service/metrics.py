@@ -71,10 +71,11 @@ class AppearanceMetric:
         self.lab_weights = torch.tensor(config.lab_weights, dtype=torch.float32).view(1, 3, 1, 1)
         self.lpips_name = f"lpips_{info.short_name}"
 
-    def describe(self, images: torch.Tensor, keep_features: bool = False) -> Descriptor:
-        """Descriptor of sRGB images (B,3,H,W) in [0,1], any size (resized to image_res)."""
-        images = resize_images(images.float(), self.config.image_res)
-        with torch.no_grad():
+    def describe(self, images: torch.Tensor, keep_features: bool = False, grad: bool = False) -> Descriptor:
+        """Descriptor of sRGB images (B,3,H,W) in [0,1], any size (resized to image_res). `grad=True`
+        keeps the autograd graph back to `images` (the reward as a loss, `matrl.infer.refine`)."""
+        with torch.set_grad_enabled(grad):
+            images = resize_images(images.float(), self.config.image_res)
             feats = self.backbone.stages(images)
             return Descriptor([gram(f) for f in feats], pooled_lab(images, self.config.lab_pool),
                               feats if keep_features else None)

@@ -149,21 +149,63 @@ class DatasetTargets:
         return [self.target(int(r)) for r in sorted(rows)]
 
 
-def load_photo(path: str | Path, res: int) -> np.ndarray:
-    """A photo as (res, res, 3) uint8: EXIF orientation applied, centre-cropped square, resized."""
-    from PIL import Image, ImageOps
+class PhotoError(ValueError):
+    """A photo that cannot be used: missing, empty, huge, corrupt or of an unsupported format; names the file."""
+
+
+MAX_PHOTO_BYTES = 256 << 20
+MAX_PHOTO_PIXELS = 120_000_000  # a 120-megapixel photo decodes to ~360 MB of RGB; beyond, refuse
+MIN_PHOTO_SIDE = 16
+
+
+def read_photo(path: str | Path):
+    """A photo file as an RGB PIL image with its EXIF orientation applied; any problem raises PhotoError
+    naming the file (checked before decoding: existence, empty, byte size, pixel count)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
+    if not path.exists():
+        raise PhotoError(f"{path}: no such file")
+    if not path.is_file():
+        raise PhotoError(f"{path}: not a file")
+    size = path.stat().st_size
+    if size == 0:
+        raise PhotoError(f"{path}: empty file")
+    if size > MAX_PHOTO_BYTES:
+        raise PhotoError(f"{path}: {size} bytes, more than the {MAX_PHOTO_BYTES >> 20} MiB accepted")
     try:
         with Image.open(path) as im:
+            w, h = im.size
+            if w * h > MAX_PHOTO_PIXELS:
+                raise PhotoError(f"{path}: {w}x{h} pixels, more than the {MAX_PHOTO_PIXELS // 10**6} megapixels "
+                                 "accepted; downscale it first")
+            if min(w, h) < MIN_PHOTO_SIDE:
+                raise PhotoError(f"{path}: {w}x{h} pixels, a side below {MIN_PHOTO_SIDE} is too small to match")
             im.load()
-            im = ImageOps.exif_transpose(im).convert("RGB")
+            return ImageOps.exif_transpose(im).convert("RGB")
+    except PhotoError:
+        raise
+    except UnidentifiedImageError:
+        raise PhotoError(f"{path}: not an image in a supported format (PNG, JPEG, TIFF, WebP, BMP, ...)") from None
+    except Image.DecompressionBombError as err:
+        raise PhotoError(f"{path}: refused as too large to decode ({err})") from None
     except Exception as err:  # noqa: BLE001 - any decoder failure is the file's problem
-        raise ValueError(f"{path}: not a readable image ({type(err).__name__}: {err})") from None
-    w, h = im.size
+        raise PhotoError(f"{path}: corrupt or unreadable image ({type(err).__name__}: {err})") from None
+
+
+def square_crop(image, res: int) -> np.ndarray:
+    """A PIL image centre-cropped to a square and resized (Lanczos) to (res, res, 3) uint8."""
+    from PIL import Image
+
+    w, h = image.size
     side = min(w, h)
-    im = im.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
-    return np.asarray(im.resize((res, res), Image.Resampling.LANCZOS))
+    image = image.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
+    return np.asarray(image.resize((res, res), Image.Resampling.LANCZOS))
+
+
+def load_photo(path: str | Path, res: int) -> np.ndarray:
+    """A photo as (res, res, 3) uint8: EXIF orientation applied, centre-cropped square, resized."""
+    return square_crop(read_photo(path), res)
 
 
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")

@@ -6,13 +6,14 @@ import torch
 torch.set_num_threads(int(os.environ.get("MATRL_TEST_THREADS", "1")))
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REAL_PHOTOS = os.path.join(os.path.dirname(REPO), "shared", "real_photos")
+# ../shared/real_photos beside the checkout; MATRL_REAL_PHOTOS points elsewhere (a worktree's ../shared may not exist)
+REAL_PHOTOS = os.environ.get("MATRL_REAL_PHOTOS") or os.path.join(os.path.dirname(REPO), "shared", "real_photos")
 
 
 @pytest.fixture
 def real_photos_dir():
     if not os.path.isdir(REAL_PHOTOS):
-        pytest.skip("../shared/real_photos is absent")
+        pytest.skip(f"{REAL_PHOTOS} is absent (set MATRL_REAL_PHOTOS to the real_photos directory)")
     return REAL_PHOTOS
 
 

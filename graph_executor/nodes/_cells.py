@@ -15,7 +15,7 @@ from typing import Iterator
 
 import torch
 
-from graph_executor.nodes._common import hash_unit, interpolation_matrices
+from graph_executor.nodes._common import hash_unit, interpolation_matrices, into
 
 NEIGHBOURS_3X3 = tuple((dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
 NEIGHBOURS_2X2 = ((0, 0), (1, 0), (0, 1), (1, 1))
@@ -125,21 +125,21 @@ def cellular_features(grid: CellGrid, px: torch.Tensor, py: torch.Tensor, metric
         ox = at_cells(neighbour(px, dx, dy) + dx) - grid.fx
         oy = at_cells(neighbour(py, dx, dy) + dy) - grid.fy
         if metric == 0:
-            torch.add(ox * ox, oy * oy, out=score)
+            score = into(torch.add, ox * ox, oy * oy, out=score)
         elif metric == 1:
-            torch.add(ox.abs_(), oy.abs_(), out=score)
+            score = into(torch.add, ox.abs_(), oy.abs_(), out=score)
         else:
-            torch.maximum(ox.abs_(), oy.abs_(), out=score)
+            score = into(torch.maximum, ox.abs_(), oy.abs_(), out=score)
         if val is not None:  # val*1 + v*0 and val*0 + v*1 are exact, so each cell keeps one value
-            torch.lt(score, f1, out=near)
-            torch.ge(score, f1, out=far)
+            torch.lt(score.detach(), f1.detach(), out=near)
+            torch.ge(score.detach(), f1.detach(), out=far)
             val.mul_(far).addcmul_(at_cells(neighbour(values, dx, dy)), near)
-        torch.maximum(f1, score, out=tmp)
-        torch.minimum(f2, tmp, out=f2)
-        torch.minimum(f1, score, out=f1)
+        tmp = into(torch.maximum, f1, score, out=tmp)
+        f2 = into(torch.minimum, f2, tmp, out=f2)
+        f1 = into(torch.minimum, f1, score, out=f1)
     if metric == 0:
-        f1.sqrt_()
-        f2.sqrt_()
+        f1 = f1.sqrt_() if not f1.requires_grad else f1.sqrt()
+        f2 = f2.sqrt_() if not f2.requires_grad else f2.sqrt()
     return f1, f2, val
 
 

@@ -17,6 +17,20 @@ from graph_executor.schema import NodeContext
 M32 = 0xFFFFFFFF
 
 
+def records_grad(*tensors) -> bool:
+    """True when autograd is recording through any of `tensors` (refinement runs the executor with
+    grad=True): then kernels with `out=` buffers, which have no derivative, must not be used."""
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+
+def into(fn, *args, out: torch.Tensor) -> torch.Tensor:
+    """`fn(*args, out=out)`, reusing the buffer, unless autograd records through `args`: then
+    `fn(*args)` into a new tensor (the same values). Callers use the returned tensor."""
+    if records_grad(*args):
+        return fn(*args)
+    return fn(*args, out=out)
+
+
 def bc(p: torch.Tensor) -> torch.Tensor:
     """Broadcast a per-sample parameter (B,) or (B,K) to (B,1|K,1,1)."""
     if p.dim() == 1:

@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from graph_executor.nodes._common import bc, frequencies
+from graph_executor.nodes._common import bc, frequencies, into
 
 REFERENCE_RES = 256
 CHUNK_PIXELS = 256 * 256
@@ -201,7 +201,7 @@ def rgb_to_hsl(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     chroma = hi - lo
     hue = other.sub_(small).div_(chroma * 6 + 1e-12).add_(base).abs_().mul_(6)
     light = hi.add_(lo).mul_(0.5)
-    denom = torch.mul(light, 2, out=lo).sub_(1).abs_().neg_().add_(1).clamp_(min=1e-12)
+    denom = into(torch.mul, light, 2, out=lo).sub_(1).abs_().neg_().add_(1).clamp_(min=1e-12)
     return hue, chroma.div_(denom).clamp_(0, 1), light
 
 
@@ -212,5 +212,33 @@ def hsl_to_rgb(hue: torch.Tensor, sat: torch.Tensor, light: torch.Tensor) -> tor
     k = torch.add(offsets, hue, alpha=2)
     k.sub_(k.mul(1 / 12).floor_().mul_(12))
     falling = torch.sub(9, k)
-    ramp = torch.minimum(k.sub_(3), falling, out=falling).clamp_(-1, 1)
+    ramp = into(torch.minimum, k.sub_(3), falling, out=falling).clamp_(-1, 1)
     return ramp.mul_(a).neg_().add_(light)
+
+
+def rgb_to_hsl_reference(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`rgb_to_hsl` written out of place: the same values, and autograd can differentiate it (the
+    in-place version overwrites temporaries the backward pass needs). Used when gradients are recorded."""
+    r, g, b = rgb[:, 0:1], rgb[:, 1:2], rgb[:, 2:3]
+    g_wins = step(g - b)
+    big, small = torch.lerp(b, g, g_wins), torch.lerp(g, b, g_wins)
+    r_wins = step(r - big)
+    hi = torch.lerp(big, r, r_wins)
+    base = torch.lerp(2 / 3 - g_wins, g_wins - 1, r_wins)
+    other = (big - r) * r_wins + r
+    lo = torch.minimum(other, small)
+    chroma = hi - lo
+    hue = ((other - small) / (chroma * 6 + 1e-12) + base).abs() * 6
+    light = (hi + lo) * 0.5
+    denom = (1 - (light * 2 - 1).abs()).clamp(min=1e-12)
+    return hue, (chroma / denom).clamp(0, 1), light
+
+
+def hsl_to_rgb_reference(hue: torch.Tensor, sat: torch.Tensor, light: torch.Tensor) -> torch.Tensor:
+    """`hsl_to_rgb` written out of place (see `rgb_to_hsl_reference`)."""
+    a = torch.minimum(light, 1 - light) * sat
+    offsets = torch.tensor([0.0, 8.0, 4.0], device=hue.device, dtype=hue.dtype).view(1, 3, 1, 1)
+    k = offsets + hue * 2
+    k = k - torch.floor(k * (1 / 12)) * 12
+    ramp = torch.minimum(k - 3, 9 - k).clamp(-1, 1)
+    return light - ramp * a

@@ -13,10 +13,10 @@ import math
 
 import torch
 
-from graph_executor.nodes._common import bc, gradients
+from graph_executor.nodes._common import bc, gradients, records_grad
 from graph_executor.nodes._filters_util import (
     by_group, dilate, in_chunks, directional_gaussian_response, fft_convolve, gaussian_response, groups, hsl_to_rgb,
-    lut_lookup, monotone_cubic, px, rgb_to_hsl, step, wrap_lookup,
+    hsl_to_rgb_reference, lut_lookup, monotone_cubic, px, rgb_to_hsl, rgb_to_hsl_reference, step, wrap_lookup,
 )
 from graph_executor.schema import P, node
 
@@ -128,7 +128,7 @@ def levels(ctx, inputs, p):
     span = hi - lo
     span = torch.lerp(-span.abs().clamp(min=1e-3), span.abs().clamp(min=1e-3), step(span))
     t = ((inputs["in"] - lo) / span).clamp(0, 1)
-    if bool((p["gamma"] != 1).any()):
+    if p["gamma"].requires_grad or bool((p["gamma"] != 1).any()):  # at gamma 1 refinement still needs the path
         t = t ** (1.0 / bc(p["gamma"]))
     return {"out": torch.lerp(bc(p["out_low"]).expand_as(t), bc(p["out_high"]).expand_as(t), t)}
 
@@ -184,6 +184,11 @@ def _push(value: torch.Tensor, amount: torch.Tensor) -> torch.Tensor:
 @in_chunks
 def hsl(ctx, inputs, p):
     """Hue / saturation / lightness adjustment in HSL space; zero shifts are the identity."""
+    if records_grad(inputs["in"], p["hue"], p["saturation"], p["lightness"]):  # refinement: out of place
+        hue, sat, light = rgb_to_hsl_reference(inputs["in"])
+        out = hsl_to_rgb_reference(hue + 6 * bc(p["hue"]), _push(sat.clone(), p["saturation"]),
+                                   _push(light.clone(), p["lightness"]))
+        return {"out": out.clamp(0, 1)}
     hue, sat, light = rgb_to_hsl(inputs["in"])
     out = hsl_to_rgb(hue.add_(6 * bc(p["hue"])), _push(sat, p["saturation"]), _push(light, p["lightness"]))
     return {"out": out.clamp_(0, 1)}
@@ -195,7 +200,8 @@ def invert(ctx, inputs, p):
     return {"out": 1 - inputs["in"]}
 
 
-@node("threshold", "filter", inputs={"in": "gray"}, params=[P("threshold", "float", 0.5, 0.0, 1.0)])
+@node("threshold", "filter", inputs={"in": "gray"},
+      params=[P("threshold", "float", 0.5, 0.0, 1.0, differentiable=False, doc="a step: no gradient")])
 def threshold(ctx, inputs, p):
     """Binary mask: 1 where the input is at least the threshold, else 0."""
     return {"out": step(inputs["in"] - bc(p["threshold"]))}
@@ -370,7 +376,8 @@ MORPHOLOGY = ("dilate", "erode")
 
 @node("dilate_erode", "filter", inputs={"in": "gray"}, params=[
     P("mode", "enum", "dilate", choices=MORPHOLOGY),
-    P("radius", "float", 4.0, 0.0, 32.0, doc="structuring element radius in pixels at 256²"),
+    P("radius", "float", 4.0, 0.0, 32.0, differentiable=False,
+      doc="structuring element radius in pixels at 256² (rounded to whole pixels: no gradient)"),
 ])
 def dilate_erode(ctx, inputs, p):
     """Grey morphological dilation (max) or erosion (min) over a rounded neighbourhood; wraps around."""

@@ -8,8 +8,8 @@ import torch
 
 from graph_executor.nodes._cells import (NEIGHBOURS_3X3, at_cells, cell_grid, cell_random, cellular_features,
                                          groups, neighbour, stretched_value_noise, take)
-from graph_executor.nodes._common import (bc, fbm, hash_u32, node_seed, octave_amplitudes, octave_period, perlin,
-                                          value_noise)
+from graph_executor.nodes._common import (bc, fbm, hash_u32, into, records_grad, node_seed, octave_amplitudes, octave_period,
+                                          perlin, value_noise)
 from graph_executor.schema import P, node, seed_param
 
 METRICS = ("euclidean", "manhattan", "chebyshev")
@@ -22,7 +22,8 @@ def _fbm_params(scale=4, octaves=5, persistence=0.5):
         P("scale", "int", scale, 1, 32, doc="cells across the image at the first octave"),
         P("octaves", "int", octaves, 1, 8),
         P("persistence", "float", persistence, 0.1, 0.9, doc="amplitude factor between octaves"),
-        P("lacunarity", "float", 2.0, 1.5, 3.0, doc="frequency factor between octaves (periods are rounded)"),
+        P("lacunarity", "float", 2.0, 1.5, 3.0, differentiable=False,
+          doc="frequency factor between octaves (periods are rounded, so no gradient)"),
     ]
 
 
@@ -135,8 +136,12 @@ def worley(ctx, inputs, p):
         px, py, _ = _jittered_points(seed[rows], scale, p["jitter"][rows])
         f1, f2, _ = cellular_features(grid, px, py, metric)
         k = 1.0 / _METRIC_NORM[metric]
-        edge_out[rows] = grid.to_pixels(f2.sub_(f1).mul_(k).clamp_(0, 1))
-        f1_out[rows] = grid.to_pixels(f1.mul_(k).clamp_(0, 1))
+        if records_grad(f1):  # out of place: f1 and f2 are saved for their square roots' backward
+            f2, f1 = (f2 - f1) * k, f1 * k
+        else:
+            f2, f1 = f2.sub_(f1).mul_(k), f1.mul_(k)
+        edge_out[rows] = grid.to_pixels(f2.clamp_(0, 1))
+        f1_out[rows] = grid.to_pixels(f1.clamp_(0, 1))
     return {"f1": f1_out, "f2_f1": edge_out}
 
 
@@ -157,7 +162,11 @@ def voronoi_cells(ctx, inputs, p):
         f1, f2, nearest = cellular_features(grid, px, py, 0, values)
         value_out[rows] = grid.to_pixels(nearest)
         width = p["edge_width"][rows].view(-1, 1, 1, 1, 1)
-        edge_out[rows] = grid.to_pixels(f2.sub_(f1).div_(width).clamp_(max=1.0).neg_().add_(1.0))
+        if records_grad(f1, width):  # out of place: f1 and f2 are saved for their square roots' backward
+            edge = 1.0 - ((f2 - f1) / width).clamp(max=1.0)
+        else:
+            edge = f2.sub_(f1).div_(width).clamp_(max=1.0).neg_().add_(1.0)
+        edge_out[rows] = grid.to_pixels(edge)
     return {"out": value_out, "edges": edge_out}
 
 
@@ -179,7 +188,8 @@ def white_noise(ctx, inputs, p):
 
 @node("scratches", "noise", params=[
     P("count", "int", 6, 1, 24, doc="cells per side; each cell may hold one scratch"),
-    P("density", "float", 0.7, 0.0, 1.0, doc="probability that a cell holds a scratch"),
+    P("density", "float", 0.7, 0.0, 1.0, differentiable=False,
+      doc="probability that a cell holds a scratch (compared with a hash: no gradient)"),
     P("length", "float", 0.7, 0.1, 1.0, doc="maximum half-length, in cells"),
     P("width", "float", 0.004, 0.001, 0.02, doc="line half-width, in image widths"),
     P("angle", "float", 0.0, 0.0, 1.0, doc="main direction, as a fraction of a half turn"),
@@ -208,11 +218,16 @@ def scratches(ctx, inputs, p):
             ox = at_cells(c[..., 0] + dx) - grid.fx
             oy = at_cells(c[..., 1] + dy) - grid.fy
             cos, sin = at_cells(c[..., 2]), at_cells(c[..., 3])
-            torch.add(ox * cos, oy * sin, out=along)
-            torch.sub(ox * sin, oy * cos, out=perp)
-            along.abs_().sub_(at_cells(c[..., 4])).clamp_(min=0)
-            perp.mul_(perp).addcmul_(along, along).sqrt_().mul_(inv_width)
-            perp.neg_().add_(1.0).clamp_(min=0).mul_(at_cells(c[..., 5]))
-            torch.maximum(acc, perp, out=acc)
+            along = into(torch.add, ox * cos, oy * sin, out=along)
+            perp = into(torch.sub, ox * sin, oy * cos, out=perp)
+            if records_grad(along, perp):  # the same values without in-place steps autograd cannot undo
+                along = (along.abs() - at_cells(c[..., 4])).clamp(min=0)
+                perp = ((perp * perp + along * along).sqrt() * inv_width)
+                perp = (1.0 - perp).clamp(min=0) * at_cells(c[..., 5])
+            else:
+                along.abs_().sub_(at_cells(c[..., 4])).clamp_(min=0)
+                perp.mul_(perp).addcmul_(along, along).sqrt_().mul_(inv_width)
+                perp.neg_().add_(1.0).clamp_(min=0).mul_(at_cells(c[..., 5]))
+            acc = into(torch.maximum, acc, perp, out=acc)
         out[rows] = grid.to_pixels(acc)
     return {"out": out}

@@ -15,7 +15,7 @@ import torch
 
 from graph_executor.nodes._cells import (NEIGHBOURS_2X2, at_cells, cell_grid, cell_random, groups, neighbour,
                                          rect_lattice_hash, stretched_value_noise, take)
-from graph_executor.nodes._common import bc, full, hash_unit, node_seed
+from graph_executor.nodes._common import bc, full, hash_unit, into, node_seed, records_grad
 from graph_executor.schema import P, node, seed_param
 
 SHAPES = ("disc", "square", "ring", "dome", "gaussian")
@@ -306,7 +306,8 @@ def _shape_profile(shape: int, ox, oy, cos, sin, radius, edge):
     P("size_jitter", "float", 0.3, 0.0, 1.0),
     P("position_jitter", "float", 0.8, 0.0, 1.0, doc="how far shapes stray from cell centres"),
     P("rotation_jitter", "float", 1.0, 0.0, 1.0, doc="random rotation (squares)"),
-    P("density", "float", 1.0, 0.0, 1.0, doc="probability that a cell holds a shape"),
+    P("density", "float", 1.0, 0.0, 1.0, differentiable=False,
+      doc="probability that a cell holds a shape (compared with a hash: no gradient)"),
     P("value_jitter", "float", 0.3, 0.0, 1.0, doc="random per-shape brightness variation"),
     P("softness", "float", 0.1, 0.0, 1.0, doc="edge blur, as a fraction of the radius"),
     seed_param(),
@@ -338,7 +339,9 @@ def scatter_shapes(ctx, inputs, p):
             rad = at_cells(c[..., 4])
             edge = (rad * q["softness"].view(-1, 1, 1, 1, 1)).clamp(min=pixel)
             cover = _shape_profile(shape, ox, oy, at_cells(c[..., 2]), at_cells(c[..., 3]), rad, edge)
-            torch.maximum(acc, cover.mul_(at_cells(c[..., 5])), out=acc)
+            strength = at_cells(c[..., 5])
+            cover = cover * strength if records_grad(cover, strength) else cover.mul_(strength)
+            acc = into(torch.maximum, acc, cover, out=acc)
         out[rows] = grid.to_pixels(acc)
     return {"out": out}
 

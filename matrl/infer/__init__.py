@@ -1,0 +1,1 @@
+"""`matrl infer`: a procedural material for a photo (retrieval, sampling, ranking, refinement, export)."""
