@@ -71,11 +71,19 @@ class AppearanceMetric:
         self.lab_weights = torch.tensor(config.lab_weights, dtype=torch.float32).view(1, 3, 1, 1)
         self.lpips_name = f"lpips_{info.short_name}"
 
-    def describe(self, images: torch.Tensor, keep_features: bool = False) -> Descriptor:
-        """Descriptor of sRGB images (B,3,H,W) in [0,1], any size (resized to image_res)."""
+    def describe(self, images: torch.Tensor, keep_features: bool = False,
+                 autocast: torch.dtype | None = None) -> Descriptor:
+        """Descriptor of sRGB images (B,3,H,W) in [0,1], any size (resized to image_res).
+
+        `autocast` (e.g. torch.bfloat16) runs the backbone's convolutions at that precision; the
+        resize, the Gram matrices and the L*a*b* term stay float32 (features are cast back first).
+        """
         images = resize_images(images.float(), self.config.image_res)
         with torch.no_grad():
-            feats = self.backbone.stages(images)
+            with torch.autocast(images.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+                feats = self.backbone.stages(images)
+            if autocast is not None:
+                feats = [f.float() for f in feats]
             return Descriptor([gram(f) for f in feats], pooled_lab(images, self.config.lab_pool),
                               feats if keep_features else None)
 
