@@ -125,7 +125,6 @@ class RewardWorker:
         self.metric.lab_weights = self.metric.lab_weights.to(self.device)
         self.autocast = torch.bfloat16 if config.cnn_autocast == "bfloat16" else None
         if self.device.type == "cuda":  # process-wide, like torch_threads: a worker owns its process
-            torch.backends.cuda.matmul.allow_tf32 = config.tf32
             torch.backends.cudnn.allow_tf32 = config.tf32
         self.plans = _LRU(config.plan_cache_size)
         self.targets = _LRU(config.target_cache_size)
