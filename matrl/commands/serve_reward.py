@@ -39,6 +39,13 @@ def register(subparsers) -> None:
     p.add_argument("--reward-config", type=Path, default=None, help="YAML of RewardConfig fields")
     p.add_argument("--res", type=int, default=None, help="executor resolution (overrides --reward-config)")
     p.add_argument("--max-restarts", type=int, default=3, help="Ray restarts per worker before it is replaced")
+    p.add_argument("--gpu-workers", type=int, default=0,
+                   help="GPU reward workers beside the CPU ones (RewardConfig device cuda, big tasks)")
+    p.add_argument("--num-gpus-per-worker", type=float, default=0.25,
+                   help="GPU share Ray reserves per GPU worker (fractions share a GPU)")
+    p.add_argument("--gpu-task-samples", type=int, default=4096, help="rows per task sent to a GPU worker")
+    p.add_argument("--gpu-reward-config", type=Path, default=None,
+                   help="YAML of RewardConfig fields that differ on GPU workers (e.g. compile: true)")
     p.set_defaults(run=lambda args: run(args, p))
 
 
@@ -52,14 +59,21 @@ def build_configs(args):
                           chunk_samples=args.chunk_samples, tls_cert=args.tls_cert, tls_key=args.tls_key,
                           insecure=args.insecure, token_file=args.token_file,
                           admin_token_file=args.admin_token_file)
-    for path in (args.tls_cert, args.tls_key, args.token_file, args.admin_token_file):
+    for path in (args.tls_cert, args.tls_key, args.token_file, args.admin_token_file, args.reward_config,
+                 args.gpu_reward_config):
         if path is not None and not path.is_file():
             raise ValueError(f"{path} does not exist")
     fields = yaml.safe_load(args.reward_config.read_text()) if args.reward_config else {}
     if args.res is not None:
         fields = {**(fields or {}), "res": args.res}
     reward = RewardConfig(**(fields or {}))
-    pool = PoolConfig(workers=args.workers, max_restarts=args.max_restarts)
+    gpu_overrides = yaml.safe_load(args.gpu_reward_config.read_text()) if args.gpu_reward_config else {}
+    if not isinstance(gpu_overrides or {}, dict):
+        raise ValueError(f"{args.gpu_reward_config}: expected a mapping of RewardConfig fields")
+    RewardConfig(**{**reward.model_dump(), **(gpu_overrides or {})})  # a bad field is named now, not at start
+    pool = PoolConfig(workers=args.workers, max_restarts=args.max_restarts, gpu_workers=args.gpu_workers,
+                      num_gpus_per_worker=args.num_gpus_per_worker, gpu_task_samples=args.gpu_task_samples,
+                      gpu_overrides=gpu_overrides or {})
     return reward, pool, server
 
 
