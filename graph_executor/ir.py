@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from graph_executor.errors import GraphError
+from graph_executor.safe_json import JSONInputError, loads_json
 from graph_executor.schema import NodeSpec
 from graph_executor.registry import node_type
 
@@ -204,14 +205,22 @@ def parse_graph(data: Any) -> Graph:
 
 
 def loads_graph(text: str | bytes) -> Graph:
-    if len(text) > MAX_JSON_BYTES:
-        raise GraphError(f"oversized graph: {len(text)} bytes of JSON, at most {MAX_JSON_BYTES}")
+    """Parse and validate graph JSON (at most MAX_JSON_BYTES of UTF-8, nested at most
+    `safe_json.MAX_DEPTH` levels); every problem is a GraphError."""
     try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise GraphError(f"malformed JSON: {err}") from None
+        data = loads_json(text, max_bytes=MAX_JSON_BYTES)
+    except JSONInputError as err:
+        raise GraphError(str(err)) from None
     return parse_graph(data)
 
 
 def load_graph(path: str | Path) -> Graph:
-    return loads_graph(Path(path).read_bytes())
+    """A graph file; reads at most one byte past the size cap, so a huge file is refused unread."""
+    try:
+        with open(path, "rb") as file:
+            text = file.read(MAX_JSON_BYTES + 1)
+    except OSError as err:
+        raise GraphError(f"cannot read graph file {str(path)!r}: {err.strerror or err}") from None
+    if len(text) > MAX_JSON_BYTES:
+        raise GraphError(f"graph file {str(path)!r} is oversized: more than {MAX_JSON_BYTES} bytes")
+    return loads_graph(text)

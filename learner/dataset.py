@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from graph_executor.ir import Graph, load_graph
 
@@ -155,7 +155,13 @@ def load_manifest(root: str | Path) -> DatasetManifest:
     path = Path(root) / MANIFEST
     if not path.is_file():
         raise DatasetError(f"{path} does not exist: not a dataset directory (run `matrl gen-data`)")
-    manifest = DatasetManifest.model_validate_json(path.read_text())
+    try:
+        manifest = DatasetManifest.model_validate_json(path.read_bytes())
+    except ValidationError as err:  # pydantic's parser also refuses deep nesting and huge numbers
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise DatasetError(f"{path}: not a valid manifest ({where + ': ' if where else ''}{first['msg']}; "
+                           f"{err.error_count()} problem(s))") from None
     if manifest.format != FORMAT:
         raise DatasetError(f"{path}: format {manifest.format!r}, expected {FORMAT!r}")
     return manifest

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from policy.checkpoint import (epoch_dir, latest_checkpoint, load_policy, load_trainer_state, rng_state,
                                 save_checkpoint, set_rng_state)
-from learner.dataset import StreamingSyntheticDataset, SyntheticDataset, load_graphs
+from learner.dataset import DatasetError, StreamingSyntheticDataset, SyntheticDataset, load_graphs
 from policy.batching import PolicyBatch, collate
 from policy.encoders import EncoderConfig  # noqa: F401  (part of the pre-training config)
 from policy.model import MaterialPolicy, PolicyConfig
@@ -111,6 +111,13 @@ class PretrainConfig(_Strict):
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     distributed: DistributedConfig = DistributedConfig()
+
+    @model_validator(mode="after")
+    def _streaming(self) -> "PretrainConfig":
+        if self.data.streaming and (self.encoder.cache_tokens or self.data.max_train_samples):
+            raise ValueError("data.streaming reads every training shard and encodes images per batch: "
+                             "it needs encoder.cache_tokens: false and no data.max_train_samples")
+        return self
 
 
 @dataclass
@@ -234,9 +241,6 @@ class Pretrainer:
         self.structures = {gid: GraphTokenizer(g, vocab).structure() for gid, g in graphs.items()}
         cache = config.encoder.cache_tokens
         data = config.data
-        if data.streaming and (cache or data.max_train_samples):
-            raise ValueError("data.streaming reads every training shard and encodes images per batch: "
-                             "it needs encoder.cache_tokens: false and no data.max_train_samples")
         if data.streaming:
             self.train_set = StreamingSyntheticDataset(data.root, data.train_split, data.shuffle_buffer,
                                                        config.train.seed, self.ctx.rank, self.ctx.world_size)
@@ -247,7 +251,7 @@ class Pretrainer:
                                  config.train.seed, with_images=not cache)
         train_rows = sum(self.train_set.rows_per_rank()) if data.streaming else len(self.train_set)
         if train_rows == 0 or len(self.val_set) == 0:
-            raise ValueError(f"{data.root}: the train and val splits must both hold samples "
+            raise DatasetError(f"{data.root}: the train and val splits must both hold samples "
                              f"(train {train_rows}, val {len(self.val_set)})")
         self.token_cache = ({"train": self._encode_all(self.train_set, "train"),
                              "val": self._encode_all(self.val_set, "val")}
@@ -288,7 +292,7 @@ class Pretrainer:
         self.train_set.set_epoch(epoch)
         rows = self.train_set.rows_per_rank(self.config.train.num_workers)
         if min(rows) == 0:
-            raise ValueError(f"{self.config.data.root}: some rank streams no training shard in epoch {epoch} "
+            raise DatasetError(f"{self.config.data.root}: some rank streams no training shard in epoch {epoch} "
                              f"(rows per rank {rows}); use smaller shards or fewer ranks/loader workers")
         return min(-(-r // self.config.train.batch_size) for r in rows)
 

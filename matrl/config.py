@@ -10,6 +10,7 @@ dotted key and what is wrong, so a command can print it as one line and exit bef
 
 from __future__ import annotations
 
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping, TypeVar
@@ -20,6 +21,9 @@ from pydantic import BaseModel, ValidationError
 M = TypeVar("M", bound=BaseModel)
 
 MAX_OVERRIDE_CHARS = 4096  # a --set value longer than this is a mistake, not a setting
+MAX_CONFIG_BYTES = 1 << 20  # a config file of more than 1 MiB is not a config
+MAX_DEPTH = 32             # the deepest preset nests 3 levels; YAML's parser recurses per level
+INT_RANGE = (-(1 << 63), (1 << 63) - 1)  # every integer setting ends in torch, numpy or Arrow as int64
 
 
 class ConfigError(ValueError):
@@ -55,9 +59,38 @@ def parse_override(text: str) -> tuple[str, Any]:
     if len(raw) > MAX_OVERRIDE_CHARS:
         raise ConfigError(f"--set {key}: value of {len(raw)} characters (at most {MAX_OVERRIDE_CHARS})")
     try:
-        return key, yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.safe_load(raw) if raw.strip() else ""
     except (yaml.YAMLError, RecursionError, ValueError) as err:
         raise ConfigError(f"--set {key}: value is not valid YAML ({type(err).__name__})") from None
+    check_values(value, f"--set {key}")
+    return key, value
+
+
+def check_values(data: Any, where: str) -> None:
+    """Raise ConfigError naming the key for YAML values no setting can take: nesting deeper than
+    MAX_DEPTH, an integer outside int64 (YAML reads `9` * 4000 as an int; torch and Arrow cannot), or a
+    float that is not finite (`.inf`, `.nan`). Walks each container once, so YAML aliases cost nothing."""
+    seen: set[int] = set()
+    stack: list[tuple[Any, tuple, int]] = [(data, (), 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        key = ".".join(str(p) for p in path)
+        name = f"{where}: {key}" if key else where
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int) and not INT_RANGE[0] <= value <= INT_RANGE[1]:
+            digits = len(str(abs(value))) if value.bit_length() < 14000 else "thousands of"
+            raise ConfigError(f"{name}: integer of {digits} digits does not fit in 64 bits")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name}: {value} is not a finite number")
+        if isinstance(value, (dict, list)):
+            if depth >= MAX_DEPTH:
+                raise ConfigError(f"{name}: nested deeper than {MAX_DEPTH} levels")
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            stack.extend((v, (*path, k), depth + 1) for k, v in items)
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
@@ -84,17 +117,26 @@ def _copy(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML config file as a mapping, within the limits of `check_values` and MAX_CONFIG_BYTES."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read ({err})") from None
+        with open(path, "rb") as file:
+            raw = file.read(MAX_CONFIG_BYTES + 1)
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror or err})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: more than {MAX_CONFIG_BYTES} bytes; not a config file")
+    try:
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from None
     except (yaml.YAMLError, RecursionError, ValueError) as err:
-        raise ConfigError(f"{path}: not valid YAML ({type(err).__name__}: {str(err)[:200]})") from None
+        raise ConfigError(f"{path}: not valid YAML ({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config is a mapping of keys, got {type(data).__name__}")
+    check_values(data, str(path))
     return data
 
 
@@ -102,11 +144,11 @@ def validation_message(err: ValidationError, source: str = "") -> str:
     """One line per problem: `source: dotted.key: message`."""
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        key = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"{source + ': ' if source else ''}{key}: {msg}")
+        lines.append(f"{source + ': ' if source else ''}{key + ': ' if key else ''}{msg}")
     return "; ".join(lines)
 
 
@@ -131,4 +173,6 @@ def load_config(model: type[M], kind: str, ref: str | Path | None, overrides: Ma
         path = config_path(kind, ref)
         data = read_yaml(path)
         source = str(path)
-    return build(model, apply_overrides(data, overrides), source)
+    data = apply_overrides(data, overrides)
+    check_values(data, source)
+    return build(model, data, source)

@@ -13,8 +13,10 @@ half-written checkpoint where `latest_checkpoint` would find it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -24,8 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from graph_executor.safe_json import JSONInputError, loads_json
 from policy.model import MaterialPolicy, PolicyConfig
 
 FORMAT = "matrl.checkpoint/1"
@@ -84,28 +88,129 @@ def save_checkpoint(path: str | Path, policy: MaterialPolicy, *, encoder: dict[s
     return path
 
 
+def _policy_config(raw: Any, where: Path) -> PolicyConfig:
+    """`PolicyConfig` from config.json's "policy" object; a CheckpointError names the key otherwise.
+
+    Sizes are positive ints (layer counts may be 0), dropout a number in [0, 1), the vocabulary lists
+    of strings: a config that passes builds a model, so the only remaining question is the tensors.
+    """
+    def fail(key: str, problem: str) -> CheckpointError:
+        return CheckpointError(f"{where}: policy.{key}: {problem}")
+
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{where}: 'policy' must be an object, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(PolicyConfig)}
+    for key in raw:
+        if key not in fields:
+            raise fail(key, f"unknown key; a policy config has {sorted(fields)}")
+    for name, f in fields.items():
+        if name not in raw:
+            if f.default is dataclasses.MISSING:
+                raise fail(name, "missing")
+            continue
+        value = raw[name]
+        if name == "vocab":
+            _check_vocab(value, fail)
+        elif name == "dropout":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise fail(name, f"expected a number in [0, 1), got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, int):
+            raise fail(name, f"expected an integer, got {type(value).__name__}")
+        elif value < (0 if name.endswith("layers") else 1) or value > _MAX_SIZE:
+            raise fail(name, f"{value} is outside {0 if name.endswith('layers') else 1}..{_MAX_SIZE}")
+    return PolicyConfig.from_dict(raw)
+
+
+_MAX_SIZE = 1 << 20  # no size of the policy is anywhere near a million
+
+
+def _check_vocab(vocab: Any, fail) -> None:
+    if not isinstance(vocab, dict):
+        raise fail("vocab", f"expected an object, got {type(vocab).__name__}")
+    for key in ("node_types", "params"):
+        if key not in vocab:
+            raise fail(f"vocab.{key}", "missing")
+        if not isinstance(vocab[key], list) or not all(isinstance(v, str) for v in vocab[key]):
+            raise fail(f"vocab.{key}", "expected a list of strings")
+    if isinstance(vocab.get("max_components"), bool) or not isinstance(vocab.get("max_components"), int) \
+            or vocab["max_components"] < 1:
+        raise fail("vocab.max_components", f"expected a positive integer, got {vocab.get('max_components')!r}")
+    unknown = sorted(set(vocab) - {"node_types", "params", "max_components"})
+    if unknown:
+        raise fail(f"vocab.{unknown[0]}", "unknown key")
+
+
 def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
+    """The checkpoint's config.json, validated; every problem is a CheckpointError naming the file and key."""
     path = Path(path)
     config_path, weights = path / CONFIG, path / WEIGHTS
     if not config_path.is_file() or not weights.is_file():
         raise CheckpointError(f"{path} is not a checkpoint: it needs {CONFIG} and {WEIGHTS}")
-    data = json.loads(config_path.read_text())
+    try:
+        data = loads_json(config_path.read_bytes(), what=str(config_path), max_bytes=_MAX_CONFIG_BYTES)
+    except OSError as err:
+        raise CheckpointError(f"{config_path}: cannot read ({err.strerror or err})") from None
+    except JSONInputError as err:
+        raise CheckpointError(str(err)) from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{config_path}: expected a JSON object, got {type(data).__name__}")
     if data.get("format") != FORMAT or data.get("kind") != "material_policy":
         raise CheckpointError(f"{config_path}: format {data.get('format')!r} / kind {data.get('kind')!r}, "
                               f"expected {FORMAT!r} / 'material_policy'")
-    return CheckpointInfo(path=path, policy=PolicyConfig.from_dict(data["policy"]), encoder=data["encoder"],
-                          train=data["train"], epoch=data["epoch"], step=data["step"], metrics=data["metrics"])
+    if "policy" not in data:
+        raise CheckpointError(f"{config_path}: missing key 'policy'")
+    policy = _policy_config(data["policy"], config_path)
+    fields = {}
+    for key, kind, default in (("encoder", dict, {}), ("train", dict, {}), ("metrics", dict, {}),
+                               ("epoch", int, 0), ("step", int, 0)):
+        value = data.get(key, default)
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            raise CheckpointError(f"{config_path}: {key}: expected "
+                                  f"{'an object' if kind is dict else 'a non-negative integer'}, got {value!r:.60}")
+        fields[key] = value
+    return CheckpointInfo(path=path, policy=policy, **fields)
+
+
+_MAX_CONFIG_BYTES = 16 << 20  # config.json holds the run's config and the vocabulary: kilobytes
+
+
+def _check_weights(path: Path, policy: MaterialPolicy) -> None:
+    """Every tensor of the policy is in the file with its shape, and the file holds nothing else."""
+    file = path / WEIGHTS
+    try:
+        with safe_open(file, framework="pt") as weights:
+            shapes = {key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()}
+    except Exception as err:  # safetensors raises its own SafetensorError (and OSError) for a bad file
+        raise CheckpointError(f"{file}: not a readable safetensors file ({type(err).__name__}: {err})") from None
+    expected = {key: tuple(t.shape) for key, t in policy.state_dict().items()}
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    wrong = [k for k in expected if k in shapes and shapes[k] != expected[k]]
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(f"{file}: tensor {k!r} has shape {shapes[k]}, but {CONFIG} builds {expected[k]} "
+                              f"({len(wrong)} tensor(s) of the wrong shape)")
+    if missing:
+        raise CheckpointError(f"{file}: missing tensor(s) {missing[:3]} that {CONFIG} builds ({len(missing)} in all)")
+    if unexpected:
+        raise CheckpointError(f"{file}: unexpected tensor(s) {unexpected[:3]} that {CONFIG} does not build "
+                              f"({len(unexpected)} in all)")
 
 
 def load_policy(path: str | Path, device: str | torch.device = "cpu") -> tuple[MaterialPolicy, CheckpointInfo]:
-    """The policy stored at `path` (every tensor must match its config exactly) and its info."""
+    """The policy stored at `path` and its info. The config is checked first, then every tensor's
+    shape against a model built on the meta device (no memory), then the weights are loaded."""
+    path = Path(path)
     info = read_checkpoint_info(path)
+    try:
+        with torch.device("meta"):
+            skeleton = MaterialPolicy(info.policy)
+    except (ValueError, TypeError, RuntimeError, AssertionError) as err:
+        raise CheckpointError(f"{path / CONFIG}: the policy config does not build a model "
+                              f"({type(err).__name__}: {err})") from None
+    _check_weights(path, skeleton)
     policy = MaterialPolicy(info.policy)
-    state = load_file(Path(path) / WEIGHTS, device=str(device))
-    missing, unexpected = policy.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not fit the config (missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]})")
+    policy.load_state_dict(load_file(path / WEIGHTS, device=str(device)), strict=True)
     return policy.to(device), info
 
 
@@ -113,7 +218,10 @@ def load_trainer_state(path: str | Path) -> dict[str, Any]:
     file = Path(path) / TRAINER_STATE
     if not file.is_file():
         raise CheckpointError(f"{path} holds no {TRAINER_STATE}: it cannot resume training")
-    return torch.load(file, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise CheckpointError(f"{file}: cannot be loaded ({type(err).__name__}: {err})") from None
 
 
 def latest_checkpoint(run_checkpoints: str | Path) -> Path | None:

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 
+from graph_executor.safe_json import JSONInputError, loads_json
 from reward_service.api import LIBRARY_PREFIX, ScoreRequest, ScoreResult
 
 _GRAPH = pa.dictionary(pa.int32(), pa.string())
@@ -155,10 +156,11 @@ def _one_of(a: list, b: list, names: tuple[str, str], row: int, required: bool) 
 
 
 def _parse_params(text: str, row: int) -> dict:
+    """One row's parameter JSON, within graph_executor.safe_json's size, depth and integer-digit limits."""
     try:
-        value = json.loads(text)
-    except (ValueError, TypeError, RecursionError) as err:  # JSONDecodeError is a ValueError
-        raise PayloadError(f"column 'params', row {row}: malformed JSON ({type(err).__name__}: {err})") from None
+        value = loads_json(text, what=f"column 'params', row {row}")
+    except JSONInputError as err:
+        raise PayloadError(str(err)) from None
     if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
         raise PayloadError(f"column 'params', row {row}: expected a JSON object {{node: {{param: value}}}}")
     return value

@@ -12,6 +12,7 @@ def test_demo_runs_every_stage_and_reports_through_the_reward_service(tmp_path):
     try:
         assert main(["demo", "--out", str(out), "--per-graph", "8", "--epochs", "1", "--generated", "0",
                      "--reward-workers", "1"]) == 0
+        assert ray.util.get_node_ip_address() == "127.0.0.1"  # its local Ray binds loopback (init_ray)
     finally:
         ray.shutdown()
     report = (out / "report.md").read_text()

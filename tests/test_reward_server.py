@@ -15,7 +15,6 @@ import math
 import grpc
 import numpy as np
 import pytest
-from pydantic import ValidationError
 import ray
 from PIL import Image
 
@@ -177,6 +176,19 @@ def _score(**changes):
 
 
 BAD_GRAPH = json.dumps({"nodes": {"n": {"type": "no_such_node"}, "out": {"type": "output"}}})
+DEEP_GRAPH = '{"meta": ' + "[" * 100_000 + "]" * 100_000 + "}"  # past Python's recursion limit
+
+
+def _score_params(text: str):
+    """A request whose 'params' column holds `text` verbatim."""
+    import pyarrow as pa
+
+    table = pa.table({"sample_id": pa.array([0], pa.int64()), "graph_json": [GRAPH], "params": [text],
+                      "seed": pa.array([0], pa.int64()), "target_image": [TARGET]})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return lambda c: _raw(c, sink.getvalue().to_pybytes())
 BAD_INPUTS = {
     "malformed arrow": (lambda c: _raw(c, b"\xff\xff\xff\xff garbage"),
                         grpc.StatusCode.INVALID_ARGUMENT, "malformed Arrow IPC stream"),
@@ -186,6 +198,10 @@ BAD_INPUTS = {
                          "graph_id: unknown library graph 'no_such_graph'"),
     "invalid graph json": (_score(structure=BAD_GRAPH), grpc.StatusCode.INVALID_ARGUMENT,
                            "graph_json: node 'n': unknown node type 'no_such_node'"),
+    "deeply nested graph json": (_score(structure=DEEP_GRAPH), grpc.StatusCode.INVALID_ARGUMENT,
+                                 "graph_json: nested deeper than"),
+    "integer of 5000 digits in params": (_score_params('{"noise": {"persistence": ' + "9" * 5000 + "}}"),
+                                         grpc.StatusCode.INVALID_ARGUMENT, "column 'params', row 0: integer of 5000"),
     "corrupt image": (_score(target=b"\x89PNG\r\n\x1a\n truncated"), grpc.StatusCode.INVALID_ARGUMENT,
                       "target: PNG truncated"),
     "wrong-size image": (_score(target=png(8)), grpc.StatusCode.INVALID_ARGUMENT,
@@ -303,7 +319,7 @@ def test_cli_configures_gpu_workers(tmp_path):
     assert (pool.workers, pool.gpu_workers, pool.num_gpus_per_worker, pool.gpu_task_samples) == (4, 2, 0.5, 2048)
     assert pool.gpu_overrides == {"compile": True, "cnn_autocast": "bfloat16"}
     overrides.write_text("no_such_field: 1\n")
-    with pytest.raises(ValidationError, match="no_such_field"):
+    with pytest.raises(ValueError, match="no_such_field"):
         build_configs(parser.parse_args(["serve-reward", "--gpu-reward-config", str(overrides)]))
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(ValueError, match="absent.yaml"):
         build_configs(parser.parse_args(["serve-reward", "--gpu-reward-config", str(tmp_path / "absent.yaml")]))

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from graph_executor.errors import GraphError
-from learner.dataset import DatasetError, SplitFractions
+from matrl.cli_args import SEED_MAX, check_output_dir, seed_arg
+from matrl.config import build
 
 
 def register(subparsers) -> None:
@@ -25,7 +24,7 @@ def register(subparsers) -> None:
     parser.add_argument("--res", type=int, default=256, help="image resolution (power of two, 64..2048)")
     parser.add_argument("--out", type=Path, required=True, help="dataset directory (created or resumed)")
     parser.add_argument("--shard-size", type=int, default=256, help="samples per Parquet shard")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_arg, default=0, help=f"seed of the parameter draws, 0..{SEED_MAX}")
     parser.add_argument("--split", type=float, nargs=3, default=(0.9, 0.05, 0.05),
                         metavar=("TRAIN", "VAL", "TEST"), help="fractions of structures per split")
     parser.add_argument("--batch-size", type=int, default=16, help="parameter sets rendered together")
@@ -38,15 +37,25 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from learner.datagen import GenDataConfig, collect_graphs, generate, with_generated_graphs
 
-    try:
-        config = GenDataConfig(out=args.out, per_graph=args.per_graph, res=args.res, shard_size=args.shard_size,
-                               seed=args.seed, batch_size=args.batch_size,
-                               fractions=SplitFractions(train=args.split[0], val=args.split[1], test=args.split[2]))
-        graphs = with_generated_graphs(collect_graphs(args.graphs), args.generated, args.seed)
-        summary = generate(config, graphs, use_ray=not args.no_ray, num_cpus=args.num_cpus)
-    except (DatasetError, GraphError, ValueError) as exc:
-        print(f"gen-data: {exc}", file=sys.stderr)
-        return 2
+    config = build(GenDataConfig, {
+        "out": args.out, "per_graph": args.per_graph, "res": args.res, "shard_size": args.shard_size,
+        "seed": args.seed, "batch_size": args.batch_size,
+        "fractions": {"train": args.split[0], "val": args.split[1], "test": args.split[2]}})
+    check_output_dir(config.out, "--out")
+    graphs = with_generated_graphs(collect_graphs(args.graphs), args.generated, args.seed)
+    if args.no_ray:
+        summary = generate(config, graphs, use_ray=False)
+    else:
+        import ray
+
+        from matrl.jobs.ray_runtime import init_ray
+
+        started = init_ray(num_cpus=args.num_cpus, log_to_driver=False)["started"]
+        try:
+            summary = generate(config, graphs, use_ray=True)
+        finally:
+            if started:
+                ray.shutdown()
     rejected = ", ".join(f"{k} {v}" for k, v in sorted(summary.rejected.items())) or "none"
     print(f"{summary.units_total} shards ({summary.units_skipped} already done); this run kept "
           f"{summary.kept} samples, rejected: {rejected}; dataset in {args.out}")

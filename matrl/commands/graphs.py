@@ -6,7 +6,6 @@ import json
 import statistics
 import sys
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from PIL import Image, ImageDraw
 
@@ -17,7 +16,9 @@ from graph_executor.ir import Graph
 from graph_executor.library import library_graphs, library_names, resolve_graph
 from graph_executor.render import render_flash
 from graph_executor.sampling import predicted_parameters, sample_parameters
+from matrl.cli_args import SEED_MAX, check_output_file, positive_int, seed_arg
 from matrl.commands.render import to_pil
+from matrl.errors import UserError, user_error_message
 
 
 @dataclass
@@ -87,6 +88,7 @@ def _show(args) -> int:
 
 
 def _validate(args) -> int:
+    """Check every graph and report each failure (a user error of one graph does not stop the rest)."""
     refs = args.graphs or library_names()
     failures = 0
     for ref in refs:
@@ -94,9 +96,12 @@ def _validate(args) -> int:
             reason = graph_degeneracy(resolve_graph(ref), res=args.res)[0]
             if reason is not None:
                 raise GraphError(f"degenerate at its default parameters ({reason})")
-        except GraphError as err:
+        except Exception as err:
+            message = user_error_message(err)
+            if message is None:
+                raise
             failures += 1
-            print(f"FAIL {ref}: {err}", file=sys.stderr)
+            print(f"FAIL {ref}: {message}", file=sys.stderr)
             continue
         print(f"ok   {ref}")
     return 1 if failures else 0
@@ -128,25 +133,16 @@ def contact_sheet(graphs: dict[str, Graph], res: int = 128, columns: int = 8, se
 
 
 def _sheet(args) -> int:
+    out = check_output_file(args.output, "-o", Image.registered_extensions())
     graphs = dict(sorted(library_graphs().items(), key=lambda item: (item[1].category, item[0])))
     if args.category:
         graphs = {k: g for k, g in graphs.items() if g.category == args.category}
-    out = Path(args.output)
+    if not graphs:
+        raise UserError(f"--category {args.category!r}: no library graph has this category")
     out.parent.mkdir(parents=True, exist_ok=True)
     contact_sheet(graphs, res=args.res, columns=args.columns, seed=args.seed).save(out)
     print(out)
     return 0
-
-
-def _guarded(command):
-    def run(args) -> int:
-        try:
-            return command(args)
-        except GraphError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-
-    return run
 
 
 def register(subparsers) -> None:
@@ -154,31 +150,31 @@ def register(subparsers) -> None:
     sub = parser.add_subparsers(dest="graphs_command", required=True)
 
     p = sub.add_parser("list", help="one line per library graph")
-    p.add_argument("--category")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(run=_guarded(_list))
+    p.add_argument("--category", help="only graphs of this category")
+    p.add_argument("--json", action="store_true", help="one JSON array instead of a table")
+    p.set_defaults(run=_list)
 
     p = sub.add_parser("show", help="nodes, wiring and parameters of a graph")
     p.add_argument("graph", help="library name or graph JSON file")
     p.add_argument("--json", action="store_true", help="print the graph JSON")
-    p.set_defaults(run=_guarded(_show))
+    p.set_defaults(run=_show)
 
     p = sub.add_parser("validate", help="parse, execute and check graphs (default: the whole library)")
     p.add_argument("graphs", nargs="*", help="library names or graph JSON files")
-    p.add_argument("--res", type=int, default=64)
-    p.set_defaults(run=_guarded(_validate))
+    p.add_argument("--res", type=int, default=64, help="resolution of the degeneracy check")
+    p.set_defaults(run=_validate)
 
     p = sub.add_parser("stats", help="library size and the fraction of non-degenerate random draws")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     p.add_argument("--draws", type=int, default=8, help="random parameter draws per graph")
-    p.add_argument("--res", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(run=_guarded(_stats))
+    p.add_argument("--res", type=int, default=64, help="render resolution of the draws")
+    p.add_argument("--seed", type=seed_arg, default=0, help=f"seed of the draws, 0..{SEED_MAX}")
+    p.set_defaults(run=_stats)
 
     p = sub.add_parser("sheet", help="contact sheet of library renders, grouped by category")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--res", type=int, default=128)
-    p.add_argument("--columns", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--category")
-    p.set_defaults(run=_guarded(_sheet))
+    p.add_argument("-o", "--output", required=True, help="image file (.png, .jpg, ...)")
+    p.add_argument("--res", type=int, default=128, help="side of one tile")
+    p.add_argument("--columns", type=positive_int, default=8, help="tiles per row")
+    p.add_argument("--seed", type=seed_arg, default=0, help=f"noise seed, 0..{SEED_MAX}")
+    p.add_argument("--category", help="only graphs of this category")
+    p.set_defaults(run=_sheet)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from matrl.cli_args import check_output_file
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("nodes", help="list node types or write their reference (docs/nodes.md)")
@@ -26,6 +28,8 @@ def _list(args) -> int:
 def _doc(args) -> int:
     from graph_executor.node_docs import nodes_markdown
 
+    if args.output:
+        check_output_file(args.output, "-o")
     text = nodes_markdown()
     if args.output:
         args.output.write_text(text)

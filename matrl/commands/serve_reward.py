@@ -14,7 +14,6 @@ import logging
 import os
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
 log = logging.getLogger("matrl.serve_reward")
@@ -26,7 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("--port", type=int, default=50051, help="0 picks a free port")
     p.add_argument("--workers", type=int, default=2, help="reward worker actors (1 CPU each)")
     p.add_argument("--address", default=None, help="Ray cluster address; default: start a local Ray")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (non-loopback needs TLS or --insecure)")
     p.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate chain")
     p.add_argument("--tls-key", type=Path, default=None, help="PEM private key")
     p.add_argument("--insecure", action="store_true", help="allow plaintext on a non-loopback host")
@@ -49,37 +48,57 @@ def register(subparsers) -> None:
     p.set_defaults(run=lambda args: run(args, p))
 
 
+def _check_readable(path: Path, what: str) -> bytes:
+    """The bytes of a file the server reads at start, read now: a bad file is found before Ray starts."""
+    if not path.exists():
+        raise ValueError(f"{what} {path} does not exist")
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise ValueError(f"{what} {path}: cannot read ({err.strerror or err})") from None
+
+
 def build_configs(args):
-    """Typed configs from the arguments; raises ValueError/ValidationError on a bad combination."""
+    """Typed configs from the arguments, with every file they name read once (token, TLS, reward
+    config); raises ValueError/ValidationError (ConfigError is a ValueError) on a bad one."""
+    from matrl.config import build, read_yaml
+    from reward_service.api import read_token
     from reward_service.config import RewardConfig
     from reward_service.pool import PoolConfig
     from reward_service.server import ServerConfig
 
+    if not 0 < args.max_message_mb < 2048:  # also refuses nan and inf
+        raise ValueError(f"--max-message-mb {args.max_message_mb}: must be in (0, 2048)")
     server = ServerConfig(host=args.host, port=args.port, max_message_bytes=int(args.max_message_mb * (1 << 20)),
                           chunk_samples=args.chunk_samples, tls_cert=args.tls_cert, tls_key=args.tls_key,
                           insecure=args.insecure, token_file=args.token_file,
                           admin_token_file=args.admin_token_file)
-    for path in (args.tls_cert, args.tls_key, args.token_file, args.admin_token_file, args.reward_config,
-                 args.gpu_reward_config):
-        if path is not None and not path.is_file():
-            raise ValueError(f"{path} does not exist")
-    fields = yaml.safe_load(args.reward_config.read_text()) if args.reward_config else {}
+    for path, what in ((args.tls_cert, "--tls-cert"), (args.tls_key, "--tls-key")):
+        if path is not None and not _check_readable(path, what).strip():
+            raise ValueError(f"{what} {path} is empty")
+    if args.token_file is not None:
+        _check_readable(args.token_file, "--token-file")
+        read_token(args.token_file)  # the server's own reader: an empty or blank file is an error naming it
+    if args.admin_token_file is not None:
+        _check_readable(args.admin_token_file, "--admin-token-file")
+        read_token(args.admin_token_file)
+    fields = read_yaml(args.reward_config) if args.reward_config else {}
     if args.res is not None:
-        fields = {**(fields or {}), "res": args.res}
-    reward = RewardConfig(**(fields or {}))
-    gpu_overrides = yaml.safe_load(args.gpu_reward_config.read_text()) if args.gpu_reward_config else {}
-    if not isinstance(gpu_overrides or {}, dict):
-        raise ValueError(f"{args.gpu_reward_config}: expected a mapping of RewardConfig fields")
-    RewardConfig(**{**reward.model_dump(), **(gpu_overrides or {})})  # a bad field is named now, not at start
+        fields = {**fields, "res": args.res}
+    reward = build(RewardConfig, fields, str(args.reward_config or ""))
+    gpu_overrides = read_yaml(args.gpu_reward_config) if args.gpu_reward_config else {}
+    build(RewardConfig, {**reward.model_dump(), **gpu_overrides}, str(args.gpu_reward_config or ""))
     pool = PoolConfig(workers=args.workers, max_restarts=args.max_restarts, gpu_workers=args.gpu_workers,
                       num_gpus_per_worker=args.num_gpus_per_worker, gpu_task_samples=args.gpu_task_samples,
-                      gpu_overrides=gpu_overrides or {})
+                      gpu_overrides=gpu_overrides)
     return reward, pool, server
 
 
 def _message(err: Exception) -> str:
+    """One line naming the flag: pydantic's field names are the flags' (`workers` -> --workers)."""
     if isinstance(err, ValidationError):
-        return "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
+        return "; ".join((f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: " if e["loc"] else "")
+                         + e["msg"].removeprefix("Value error, ") for e in err.errors())
     return str(err)
 
 
