@@ -28,7 +28,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -77,6 +77,12 @@ class RewardGroupConfig(_Strict):
     max_workers: int = Field(1024, ge=1, description="largest count `matrl scale` may ask for")
     num_cpus: float = Field(1.0, gt=0, description="CPUs per reward worker")
     resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources per reward worker")
+    gpu_workers: int = Field(0, ge=0, description="GPU reward workers beside the CPU ones (reward_service.pool)")
+    num_gpus: float = Field(0.25, gt=0, le=1, description="GPU share per GPU reward worker")
+    gpu_resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources per GPU "
+                                            "reward worker")
+    gpu_overrides: dict[str, Any] = Field(default_factory=dict, description="RewardConfig fields that differ on "
+                                          "GPU reward workers (device is cuda)")
     host: str = Field("127.0.0.1", description="where the job's own service listens (another host needs "
                                                   "insecure: true or a TLS-terminating network)")
     insecure: bool = Field(False, description="allow the job's service to listen off loopback without TLS "
@@ -138,7 +144,7 @@ class TrainJobConfig(_Strict):
     def actor_cpus(self, in_process: bool = False) -> float:
         """CPUs the job's actors reserve (reward workers only when the job starts its own service;
         rollout workers and learner only when they are actors)."""
-        reward = 0 if self.reward.address else self.reward.workers * self.reward.num_cpus
+        reward = 0 if self.reward.address else (self.reward.workers + self.reward.gpu_workers) * self.reward.num_cpus
         roles = 0 if in_process else self.rollout.workers * self.rollout.num_cpus + self.learner.num_cpus
         return roles + reward
 
@@ -238,7 +244,9 @@ class TrainJob:
             except ValueError as err:
                 raise TrainError(f"reward.host: {err}") from None
             pool = PoolConfig(workers=cfg.workers, num_cpus=cfg.num_cpus, resources=cfg.resources,
-                              min_workers=cfg.min_workers, max_workers=cfg.max_workers)
+                              min_workers=cfg.min_workers, max_workers=cfg.max_workers, gpu_workers=cfg.gpu_workers,
+                              num_gpus_per_worker=cfg.num_gpus, gpu_resources=cfg.gpu_resources,
+                              gpu_overrides=cfg.gpu_overrides)
             self.server = start_background(cfg.config, pool, server_config)
             host = cfg.host
             if host in ("0.0.0.0", "::"):
