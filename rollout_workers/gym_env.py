@@ -1,0 +1,314 @@
+"""The material-parameter task as Gymnasium environments, for RLlib or any Gymnasium RL library.
+
+Two formulations of the same task (same targets, same reward service, same tokenizer):
+
+* `MaterialParamEnv` (id ``matrl/MaterialParam-v0``): one episode = one target image and one graph
+  structure; ONE action = the whole parameter sequence (``MultiDiscrete([128] * max_slots)``, one
+  value token per slot of the structure, the tail beyond its slots ignored); the episode ends after
+  that step with the appearance reward. This is how an RLlib user would pose an autoregressive
+  generator: the RLModule samples the sequence itself (`rollout_workers.rllib_module`), and PPO
+  sees one action per episode.
+* `MaterialTokenEnv` (id ``matrl/MaterialToken-v0``): one step = one value token
+  (``Discrete(128)``); the observation carries the prefix chosen so far; the reward (0 before)
+  comes at the last slot. The textbook formulation, kept for reference: a step per token costs an
+  environment step, a connector pass and a policy forward each.
+
+Observation (a ``Dict``), what the policy needs and nothing it would have to recompute:
+  * ``image_tokens`` (T, C) float32: the target encoded once per target by the frozen image
+    encoder the policy was trained with (EfficientNet-Lite0: 49 x 1280, values in [0, 6] after its
+    ReLU6); the environment holds the encoder, so a learner never re-encodes images;
+  * ``structure``: index of the target's graph structure in `structure_table(targets)`, the fixed,
+    sorted list of structures the target source can produce (an RLModule builds the same table);
+  * ``action_mask`` int8: 1 where a value token is admitted (ints, bools and enums admit fewer
+    than 128 tokens; padded slots admit only token 0): (max_slots, 128) for the sequence
+    formulation, (128,) for the current slot in the token formulation;
+  * token formulation only: ``prefix`` (max_slots,) with the tokens chosen so far (128 = not yet)
+    and ``step``, the slot to fill now.
+
+A token a slot does not admit (an algorithm that ignores ``action_mask``) is replaced by the
+nearest admitted token and counted in ``info["invalid_tokens"]``, so every action can be scored.
+
+Targets come from `rollout_workers.targets.build_targets` (`TargetsConfig`), drawn with the
+environment's seeded ``np_random``; with ``samples_per_target = k`` a target is kept for k
+consecutive episodes (what matrl's rollout workers do with N samples per target: the encoder and
+the reward service's target cache then work once per target). Scoring goes through the gRPC
+reward service (`reward_service.client.RewardClient`), one request per finished sequence; the
+executor seed of each sample is drawn from ``np_random`` as well, so a seeded episode is
+reproducible (Gymnasium's `check_env` checks it).
+
+Construction: ``MaterialParamEnv(config)`` with a `MaterialEnvConfig` or a dict of its fields
+(RLlib passes ``env_config`` as such a dict), or keyword arguments (``gymnasium.make(id, **kw)``).
+In another process ``gymnasium.make("rollout_workers.gym_env:matrl/MaterialParam-v0", ...)``
+imports this module (and so registers the ids) first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from pydantic import BaseModel, ConfigDict, Field
+
+from policy.tokenizer import VALUE_BINS, GraphStructure, GraphTokenizer, Vocabulary
+from reward_service.api import ScoreRequest
+from rollout_workers.targets import Structure, Target, TargetsConfig, build_targets
+
+PARAM_ENV_ID = "matrl/MaterialParam-v0"
+TOKEN_ENV_ID = "matrl/MaterialToken-v0"
+NOT_YET = VALUE_BINS  # prefix value of a slot not chosen yet (token env)
+
+
+class MaterialEnvConfig(BaseModel):
+    """What a material environment needs; serialisable, so RLlib's env runners build their own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reward_address: str = Field("127.0.0.1:50051", description="gRPC reward service HOST:PORT")
+    token_file: str | None = Field(None, description="shared token of the reward service")
+    reward_timeout_s: float = Field(300.0, gt=0, description="deadline of one reward call (retries included)")
+    targets: TargetsConfig = TargetsConfig()
+    vocab: dict | None = Field(None, description="the policy's Vocabulary.to_dict() (None: the node registry's)")
+    encoder: dict = Field(default_factory=dict, description="EncoderConfig of the policy's image encoder")
+    samples_per_target: int = Field(1, ge=1, description="consecutive episodes that share one target")
+    torch_threads: int | None = Field(1, ge=1, description="intra-op threads for the encoder (None: torch's)")
+
+
+@dataclass(frozen=True)
+class TableEntry:
+    structure: Structure
+    tokens: GraphStructure
+    project: np.ndarray  # (num_slots, 128) int64: a token -> the nearest token its slot admits
+
+
+def structure_table(targets: TargetsConfig) -> list[Structure]:
+    """Every structure the target source of `targets` can produce, sorted by id (no rendering).
+
+    Render targets: the named library graphs (or the whole library); dataset targets: the
+    dataset's graphs; real photos: the library (retrieval picks from it).
+    """
+    from graph_executor.library import library_graphs, load_library_graph
+    from rollout_workers.targets import _library_names, _structure
+
+    names = _library_names()
+    graphs: dict = {}
+    if targets.real_fraction < 1:
+        syn = targets.synthetic
+        if syn.source == "dataset":
+            from learner.dataset import load_graphs
+
+            graphs.update(load_graphs(syn.dataset))
+        elif syn.graphs:
+            graphs.update({name: load_library_graph(name) for name in syn.graphs})
+        else:
+            graphs.update(library_graphs())
+    if targets.real_fraction > 0:
+        graphs.update({k: v for k, v in library_graphs().items() if k not in graphs})
+    return [_structure(gid, graphs[gid], names) for gid in sorted(graphs)]
+
+
+def projection(token_masks: torch.Tensor) -> np.ndarray:
+    """(S, 128) bool masks -> (S, 128) table of the admitted token nearest to each token."""
+    masks = token_masks.numpy()
+    tokens = np.arange(VALUE_BINS)
+    out = np.empty(masks.shape, dtype=np.int64)
+    for i, row in enumerate(masks):
+        valid = np.flatnonzero(row)
+        out[i] = valid[np.abs(valid[None, :] - tokens[:, None]).argmin(1)]
+    return out
+
+
+def build_table(structures: list[Structure], vocab: Vocabulary) -> list[TableEntry]:
+    from graph_executor.ir import loads_graph
+
+    table = []
+    for s in structures:
+        tokens = GraphTokenizer(loads_graph(s.graph_json), vocab).structure()
+        if tokens.num_slots == 0:
+            raise ValueError(f"structure {s.structure_id!r} has no predicted parameter: nothing to act on")
+        table.append(TableEntry(s, tokens, projection(tokens.token_masks)))
+    return table
+
+
+class _MaterialEnvBase(gym.Env):
+    """Targets, encoder, structure table and reward client shared by both formulations."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, config: MaterialEnvConfig | Mapping[str, Any] | None = None, **kwargs: Any):
+        from policy.encoders import EncoderConfig
+        from reward_service.client import RewardClient
+
+        if isinstance(config, MaterialEnvConfig):
+            config = config.model_copy(update=kwargs) if kwargs else config
+        else:
+            config = MaterialEnvConfig.model_validate({**dict(config or {}), **kwargs})
+        self.config = config
+        if config.torch_threads is not None:
+            torch.set_num_threads(config.torch_threads)
+        self.vocab = Vocabulary.from_dict(config.vocab) if config.vocab else Vocabulary.from_registry()
+        self.table = build_table(structure_table(config.targets), self.vocab)
+        self._index = {e.structure.structure_id: i for i, e in enumerate(self.table)}
+        self.max_slots = max(e.tokens.num_slots for e in self.table)
+        self.encoder = EncoderConfig.model_validate(config.encoder).build()
+        self.targets = build_targets(config.targets)
+        self.client = RewardClient(config.reward_address, token_file=config.token_file,
+                                   timeout_s=config.reward_timeout_s)
+        low, high = getattr(self.encoder, "token_range", (-np.inf, np.inf))
+        self._image_space = spaces.Box(low, high, (self.encoder.num_tokens, self.encoder.token_dim), np.float32)
+        self._episodes_on_target = 0
+        self._target: Target | None = None
+        self._png: bytes = b""
+        self._image_tokens: np.ndarray | None = None
+        self._entry: TableEntry | None = None
+        self._structure_index = 0
+
+    # ---- targets --------------------------------------------------------------------------------
+    def _next_target(self, reseeded: bool) -> None:
+        """A new target every `samples_per_target` episodes (and after every explicit seed)."""
+        if reseeded or self._target is None or self._episodes_on_target >= self.config.samples_per_target:
+            target = self.targets.draw(self.np_random, 1)[0]
+            structure = target.structures[int(self.np_random.integers(len(target.structures)))]
+            if structure.structure_id not in self._index:
+                raise ValueError(f"target {target.target_id}: structure {structure.structure_id!r} is not in "
+                                 "the environment's structure table")
+            self._target = target
+            self._structure_index = self._index[structure.structure_id]
+            self._entry = self.table[self._structure_index]
+            self._png = target.png()
+            with torch.no_grad():
+                image = torch.from_numpy(np.ascontiguousarray(target.image)).permute(2, 0, 1)[None].float() / 255
+                tokens = self.encoder(image).tokens[0]
+            self._image_tokens = tokens.numpy().astype(np.float32, copy=False)
+            self._episodes_on_target = 0
+        self._episodes_on_target += 1
+
+    def _score(self, tokens: np.ndarray) -> tuple[float, dict]:
+        seed = int(self.np_random.integers(0, 2**31 - 1))
+        request = ScoreRequest(structure=self._entry.structure.reward_structure, seeds=[seed], target=self._png,
+                               tokens=[tokens.tolist()], request_id=f"gym-{self._target.target_id}")
+        result = self.client.score_many([request], timeout_s=self.config.reward_timeout_s)[0][0]
+        info = {"ok": result.ok, "reward_terms": dict(result.terms), "target_id": self._target.target_id,
+                "structure_id": self._entry.structure.structure_id, "seed": seed}
+        if result.error:
+            info["error"] = result.error
+        return float(result.reward), info
+
+    def _project(self, slots: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, int]:
+        tokens = np.clip(np.asarray(tokens, dtype=np.int64), 0, VALUE_BINS - 1)
+        fixed = self._entry.project[slots, tokens]
+        return fixed, int((fixed != tokens).sum())
+
+    @property
+    def structures(self) -> list[Structure]:
+        """The structure table (the ``structure`` observation indexes it)."""
+        return [e.structure for e in self.table]
+
+    def close(self) -> None:
+        client, self.client = getattr(self, "client", None), None
+        if client is not None:
+            client.close()
+
+
+class MaterialParamEnv(_MaterialEnvBase):
+    """One target per episode, the whole parameter sequence as one action (episode length 1)."""
+
+    def __init__(self, config: MaterialEnvConfig | Mapping[str, Any] | None = None, **kwargs: Any):
+        super().__init__(config, **kwargs)
+        self.observation_space = spaces.Dict({
+            "image_tokens": self._image_space,
+            "structure": spaces.Discrete(len(self.table)),
+            "action_mask": spaces.Box(0, 1, (self.max_slots, VALUE_BINS), np.int8),
+        })
+        self.action_space = spaces.MultiDiscrete(np.full(self.max_slots, VALUE_BINS, dtype=np.int64))
+        self._masks = []
+        for entry in self.table:
+            mask = np.zeros((self.max_slots, VALUE_BINS), dtype=np.int8)
+            mask[:, 0] = 1
+            mask[:entry.tokens.num_slots] = entry.tokens.token_masks.numpy()
+            self._masks.append(mask)
+
+    def _obs(self) -> dict:
+        return {"image_tokens": self._image_tokens, "structure": self._structure_index,
+                "action_mask": self._masks[self._structure_index]}
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._next_target(reseeded=seed is not None)
+        return self._obs(), {"target_id": self._target.target_id,
+                             "structure_id": self._entry.structure.structure_id}
+
+    def step(self, action):
+        if self._target is None:
+            raise RuntimeError("step() before reset()")
+        action = np.asarray(action)
+        if action.shape != (self.max_slots,):
+            raise ValueError(f"action of shape {action.shape}; this environment takes ({self.max_slots},) "
+                             "value tokens (the whole parameter sequence)")
+        n = self._entry.tokens.num_slots
+        tokens, invalid = self._project(np.arange(n), action[:n])
+        reward, info = self._score(tokens)
+        info["invalid_tokens"] = invalid
+        return self._obs(), reward, True, False, info
+
+
+class MaterialTokenEnv(_MaterialEnvBase):
+    """One value token per step; the appearance reward at the last slot of the structure."""
+
+    def __init__(self, config: MaterialEnvConfig | Mapping[str, Any] | None = None, **kwargs: Any):
+        super().__init__(config, **kwargs)
+        self.observation_space = spaces.Dict({
+            "image_tokens": self._image_space,
+            "structure": spaces.Discrete(len(self.table)),
+            "prefix": spaces.MultiDiscrete(np.full(self.max_slots, VALUE_BINS + 1, dtype=np.int64)),
+            "step": spaces.Discrete(self.max_slots),
+            "action_mask": spaces.Box(0, 1, (VALUE_BINS,), np.int8),
+        })
+        self.action_space = spaces.Discrete(VALUE_BINS)
+        self._prefix = np.full(self.max_slots, NOT_YET, dtype=np.int64)
+        self._step = 0
+        self._invalid = 0
+
+    def _obs(self) -> dict:
+        slot = min(self._step, self._entry.tokens.num_slots - 1)
+        return {"image_tokens": self._image_tokens, "structure": self._structure_index,
+                "prefix": self._prefix.copy(), "step": slot,
+                "action_mask": self._entry.tokens.token_masks[slot].numpy().astype(np.int8)}
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._next_target(reseeded=seed is not None)
+        self._prefix[:] = NOT_YET
+        self._step = 0
+        self._invalid = 0
+        return self._obs(), {"target_id": self._target.target_id,
+                             "structure_id": self._entry.structure.structure_id}
+
+    def step(self, action):
+        if self._target is None:
+            raise RuntimeError("step() before reset()")
+        n = self._entry.tokens.num_slots
+        if self._step >= n:
+            raise RuntimeError("step() after the episode ended; call reset()")
+        token, invalid = self._project(np.array([self._step]), np.array([int(action)]))
+        self._prefix[self._step] = token[0]
+        self._invalid += invalid
+        self._step += 1
+        if self._step < n:
+            return self._obs(), 0.0, False, False, {}
+        reward, info = self._score(self._prefix[:n])
+        info["invalid_tokens"] = self._invalid
+        return self._obs(), reward, True, False, info
+
+
+def register() -> None:
+    """Register both ids with Gymnasium (idempotent; done on import)."""
+    for env_id, name in ((PARAM_ENV_ID, "MaterialParamEnv"), (TOKEN_ENV_ID, "MaterialTokenEnv")):
+        if env_id not in gym.registry:
+            gym.register(id=env_id, entry_point=f"rollout_workers.gym_env:{name}")
+
+
+register()
