@@ -44,6 +44,7 @@ imports this module (and so registers the ids) first.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -133,6 +134,15 @@ def build_table(structures: list[Structure], vocab: Vocabulary) -> list[TableEnt
     return table
 
 
+@functools.lru_cache(maxsize=4)
+def shared_encoder(config_json: str):
+    """One frozen encoder per process and config: the environments of a vector env share it (it is
+    only read, under no_grad), instead of one ~19 MB copy each."""
+    from policy.encoders import EncoderConfig
+
+    return EncoderConfig.model_validate_json(config_json).build()
+
+
 class _MaterialEnvBase(gym.Env):
     """Targets, encoder, structure table and reward client shared by both formulations."""
 
@@ -153,7 +163,7 @@ class _MaterialEnvBase(gym.Env):
         self.table = build_table(structure_table(config.targets), self.vocab)
         self._index = {e.structure.structure_id: i for i, e in enumerate(self.table)}
         self.max_slots = max(e.tokens.num_slots for e in self.table)
-        self.encoder = EncoderConfig.model_validate(config.encoder).build()
+        self.encoder = shared_encoder(EncoderConfig.model_validate(config.encoder).model_dump_json())
         self.targets = build_targets(config.targets)
         self.client = RewardClient(config.reward_address, token_file=config.token_file,
                                    timeout_s=config.reward_timeout_s)

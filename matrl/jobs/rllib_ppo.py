@@ -104,8 +104,9 @@ class RLlibRun:
         self.train_s = 0.0
         self.history: list[dict] = []
 
-    def train_for(self, wall_s: float, progress=None) -> dict:
-        """`algo.train()` until the summed time of those calls reaches `wall_s`; returns the totals.
+    def train_for(self, wall_s: float, progress=None, min_iterations: int = 1) -> dict:
+        """`algo.train()` until the summed time of those calls reaches `wall_s` (and at least
+        `min_iterations` calls were made); returns the totals.
 
         Trajectories are finished episodes (one per sequence action; one per structure's slots in
         the token formulation)."""
@@ -117,7 +118,7 @@ class RLlibRun:
         )
 
         result: dict = {}
-        while self.train_s < wall_s:
+        while self.train_s < wall_s or self.iterations < min_iterations:
             start = time.perf_counter()
             result = self.algo.train()
             took = time.perf_counter() - start
