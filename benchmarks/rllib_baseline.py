@@ -11,7 +11,9 @@ Both systems get, in this one invocation:
     set-up, validation and checkpoints excluded for both).
 Systems (--systems): `matrl` (the actor-learner job, `matrl.jobs.train`, in the preset's mode),
 `matrl-async` (the same job in its asynchronous throughput mode), `rllib` (the whole
-parameter sequence as one action: `MaterialParamEnv` + `MaterialRLModule`), `rllib-token` (one
+parameter sequence as one action: `MaterialParamEnv` + `MaterialRLModule`, with the batched
+`MaterialParamVectorEnv`: RLlib's best shot), `rllib-sync` (the same with Gymnasium's
+SyncVectorEnv, environments stepped one after another: RLlib's usual set-up), `rllib-token` (one
 token per step: `MaterialTokenEnv` + `MaterialTokenRLModule`, for reference).
 After its budget each system's final policy is validated the same way: greedy prediction on the
 job's fixed held-out targets (`validation.targets` of them) scored by the same service
@@ -33,6 +35,7 @@ import os
 import platform
 import sys
 import time
+import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,7 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-SYSTEMS = ("matrl", "matrl-async", "rllib", "rllib-token")
+SYSTEMS = ("matrl", "matrl-async", "rllib", "rllib-sync", "rllib-token")
+DEFAULT_SYSTEMS = ("matrl", "rllib", "rllib-sync", "rllib-token")
 QUICK_SETS = {"targets.synthetic.graphs": ["red_plastic", "brushed_steel"], "rollout.targets_per_worker": 2,
               "rollout.sampling.samples_per_target": 4, "ppo.minibatch": 4, "ppo.epochs": 1,
               "validation.targets": 2}
@@ -58,7 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "once under --work)")
     p.add_argument("--work", type=Path, default=Path("runs/rllib_baseline"),
                    help="working directory: bootstrap init, one run directory per invocation")
-    p.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {','.join(SYSTEMS)}")
+    p.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS),
+                   help=f"comma-separated subset of {','.join(SYSTEMS)} (default {','.join(DEFAULT_SYSTEMS)})")
     p.add_argument("--wall-s", type=float, default=None, help="training seconds per system (240; --quick 1)")
     p.add_argument("--min-iterations", type=int, default=None,
                    help="RLlib: at least this many iterations even past the budget (1; --quick 2)")
@@ -77,14 +82,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "the EnvRunners, so one RLModule call samples as many sequences as matrl's sampler does)")
     p.add_argument("--cpus-per-env-runner", type=float, default=None,
                    help="Ray CPUs per EnvRunner (default: the matrl rollout + learner CPUs spread over them)")
-    p.add_argument("--vectorize", choices=("sync", "async"), default="sync", help="RLlib gymnasium vector mode")
+    p.add_argument("--vectorize", choices=("auto", "vector_entry_point", "sync", "async"), default="auto",
+                   help="RLlib gymnasium vector mode (auto: the batched MaterialParamVectorEnv for rllib, sync for "
+                        "rllib-token)")
     p.add_argument("--torch-threads", type=int, default=1, help="intra-op threads of every sampler/learner process")
     p.add_argument("--quick", action="store_true", help="test size: random tiny policy, 2 graphs, tiny batches, "
                                                         "matrl and rllib only")
     p.add_argument("--json", action="store_true", help="print the rows as JSON on the last line")
     args = p.parse_args(argv)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    if args.quick and args.systems == ",".join(SYSTEMS):
+    if args.quick and args.systems == ",".join(DEFAULT_SYSTEMS):
         systems = ["matrl", "rllib"]
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown or not systems:
@@ -147,7 +154,7 @@ def make_init(args, job, run_dir: Path) -> Path:
     if boot.graphs is None and job.targets.synthetic.graphs:
         boot = boot.model_copy(update={"graphs": job.targets.synthetic.graphs})
     preset = job.init.split(":", 1)[1]
-    log(f"bootstrapping the initial policy ({job.init}) under {args.work / 'init'} (once)")
+    log(f"initial policy: {job.init} under {args.work / 'init'} (bootstrapped on the first run, then reused)")
     return bootstrap_policy(preset, args.work / "init", boot, job.seed)
 
 
@@ -181,7 +188,7 @@ def run_matrl(args, job, job_sets: dict, init: Path, address: str, run_dir: Path
     return row, policy.state_dict()
 
 
-def run_rllib(args, job, init: Path, address: str, formulation: str) -> tuple[dict, dict]:
+def run_rllib(args, job, init: Path, address: str, name: str) -> tuple[dict, dict]:
     from matrl.jobs.rllib_ppo import RLlibConfig, RLlibRun, ppo_config
 
     runners = max(args.env_runners, 1)
@@ -190,11 +197,11 @@ def run_rllib(args, job, init: Path, address: str, formulation: str) -> tuple[di
     cpus = args.cpus_per_env_runner
     if cpus is None:  # what matrl's rollout workers and learner reserve, spread over the EnvRunners
         cpus = (job.rollout.workers * job.rollout.num_cpus + job.learner.num_cpus) / runners
+    formulation = "token" if name == "rllib-token" else "sequence"
     rl = RLlibConfig(formulation=formulation, env_runners=args.env_runners, envs_per_env_runner=envs,
                      cpus_per_env_runner=cpus, gpus_per_env_runner=per_runner,
                      num_learners=1 if args.gpus > 0 else 0, gpus_per_learner=learner_gpus,
-                     vectorize=args.vectorize, torch_threads=args.torch_threads)
-    name = "rllib" if formulation == "sequence" else "rllib-token"
+                     vectorize="sync" if name == "rllib-sync" else args.vectorize, torch_threads=args.torch_threads)
     log(f"{name}: building the PPO algorithm ({args.env_runners} EnvRunners x {envs} envs, "
         f"{cpus:g} CPUs and {per_runner:g} GPUs each; learner {'remote' if rl.num_learners else 'in the driver'})")
     run = RLlibRun(ppo_config(job, init, address, rl))
@@ -209,7 +216,7 @@ def run_rllib(args, job, init: Path, address: str, formulation: str) -> tuple[di
         run.stop()
     row = {"system": name, "iterations": out["iterations"], "trajectories": out["trajectories"],
            "train_wall_s": out["train_wall_s"], "env_steps": out["env_steps"], "envs_per_runner": envs,
-           "cpus_per_env_runner": cpus}
+           "cpus_per_env_runner": cpus, "vectorize": rl.vectorize}
     return row, weights
 
 
@@ -255,13 +262,19 @@ def run(args) -> list[dict]:
         rows = []
         for system in args.systems:
             start = time.perf_counter()
-            if system.startswith("matrl"):
-                row, weights = run_matrl(args, job, job_sets, init, address, run_dir, info["started"], system)
-            else:
-                row, weights = run_rllib(args, job, init, address, "sequence" if system == "rllib" else "token")
+            try:
+                if system.startswith("matrl"):
+                    row, weights = run_matrl(args, job, job_sets, init, address, run_dir, info["started"], system)
+                else:
+                    row, weights = run_rllib(args, job, init, address, system)
+                row["val_reward"] = validate(weights)
+            except Exception as err:  # noqa: BLE001 - one system's failure must not lose the other rows
+                log(f"{system} failed:\n{traceback.format_exc()}")
+                row = {"system": system, "iterations": 0, "trajectories": 0, "train_wall_s": math.nan,
+                       "val_reward": math.nan, "error": f"{type(err).__name__}: {err}"[:500]}
             row["val_reward_init"] = val_init
-            row["val_reward"] = validate(weights)
-            row["trajectories_per_s"] = row["trajectories"] / row["train_wall_s"] if row["train_wall_s"] else math.nan
+            row["trajectories_per_s"] = (row["trajectories"] / row["train_wall_s"]
+                                         if row["train_wall_s"] and math.isfinite(row["train_wall_s"]) else math.nan)
             row["total_s"] = time.perf_counter() - start
             log(f"{system}: {row['trajectories']} trajectories in {row['train_wall_s']:.1f}s "
                 f"({row['trajectories_per_s']:.2f}/s), validation reward {val_init:+.4f} -> {row['val_reward']:+.4f}")
@@ -299,7 +312,7 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         print(" | ".join((r["system"], str(r["iterations"]), str(r["trajectories"]), f"{r['train_wall_s']:.1f}",
                           f"{r['trajectories_per_s']:.2f}", f"{r['val_reward_init']:+.4f} -> {r['val_reward']:+.4f}",
-                          f"{r['matrl_speedup']:.2f}")))
+                          f"{r['matrl_speedup']:.2f}")) + (f" | FAILED: {r['error']}" if r.get("error") else ""))
 
 
 def main(argv=None) -> int:
@@ -309,7 +322,7 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "meta"} | {"meta": r["meta"]} for r in rows],
                          default=str))
-    return 0
+    return 1 if any(r.get("error") for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ Two formulations of the same task (same targets, same reward service, same token
 Observation (a ``Dict``), what the policy needs and nothing it would have to recompute:
   * ``image_tokens`` (T, C) float32: the target encoded once per target by the frozen image
     encoder the policy was trained with (EfficientNet-Lite0: 49 x 1280, values in [0, 6] after its
-    ReLU6); the environment holds the encoder, so a learner never re-encodes images;
+    ReLU6); the environment holds the encoder (one per process, shared by a vector env's copies;
+    on the GPU with ``device: auto`` inside a GPU EnvRunner), so a learner never re-encodes images;
   * ``structure``: index of the target's graph structure in `structure_table(targets)`, the fixed,
     sorted list of structures the target source can produce (an RLModule builds the same table);
   * ``action_mask`` int8: 1 where a value token is admitted (ints, bools and enums admit fewer
@@ -76,6 +77,8 @@ class MaterialEnvConfig(BaseModel):
     encoder: dict = Field(default_factory=dict, description="EncoderConfig of the policy's image encoder")
     samples_per_target: int = Field(1, ge=1, description="consecutive episodes that share one target")
     torch_threads: int | None = Field(1, ge=1, description="intra-op threads for the encoder (None: torch's)")
+    device: str = Field("cpu", description="where the encoder runs: cpu, cuda, or auto (cuda when visible, e.g. "
+                                           "inside an EnvRunner that holds a GPU)")
 
 
 @dataclass(frozen=True)
@@ -135,12 +138,14 @@ def build_table(structures: list[Structure], vocab: Vocabulary) -> list[TableEnt
 
 
 @functools.lru_cache(maxsize=4)
-def shared_encoder(config_json: str):
-    """One frozen encoder per process and config: the environments of a vector env share it (it is
-    only read, under no_grad), instead of one ~19 MB copy each."""
+def shared_encoder(config_json: str, device: str = "cpu"):
+    """One frozen encoder per process, config and device: the environments of a vector env share it
+    (it is only read, under no_grad), instead of one ~19 MB copy each."""
     from policy.encoders import EncoderConfig
 
-    return EncoderConfig.model_validate_json(config_json).build()
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return EncoderConfig.model_validate_json(config_json).build().to(device)
 
 
 class _MaterialEnvBase(gym.Env):
@@ -163,7 +168,8 @@ class _MaterialEnvBase(gym.Env):
         self.table = build_table(structure_table(config.targets), self.vocab)
         self._index = {e.structure.structure_id: i for i, e in enumerate(self.table)}
         self.max_slots = max(e.tokens.num_slots for e in self.table)
-        self.encoder = shared_encoder(EncoderConfig.model_validate(config.encoder).model_dump_json())
+        self.encoder = shared_encoder(EncoderConfig.model_validate(config.encoder).model_dump_json(), config.device)
+        self._device = next(self.encoder.parameters()).device
         self.targets = build_targets(config.targets)
         self.client = RewardClient(config.reward_address, token_file=config.token_file,
                                    timeout_s=config.reward_timeout_s)
@@ -177,35 +183,53 @@ class _MaterialEnvBase(gym.Env):
         self._structure_index = 0
 
     # ---- targets --------------------------------------------------------------------------------
+    def _draw_target(self) -> tuple[Target, int]:
+        """A target and the index of the structure chosen for it, drawn with `np_random`."""
+        target = self.targets.draw(self.np_random, 1)[0]
+        structure = target.structures[int(self.np_random.integers(len(target.structures)))]
+        if structure.structure_id not in self._index:
+            raise ValueError(f"target {target.target_id}: structure {structure.structure_id!r} is not in the "
+                             "environment's structure table")
+        return target, self._index[structure.structure_id]
+
+    @torch.no_grad()
+    def _encode(self, targets: list[Target]) -> np.ndarray:
+        """(N, T, C) float32 image tokens of the targets, one encoder call."""
+        images = torch.stack([torch.from_numpy(np.ascontiguousarray(t.image)).permute(2, 0, 1) for t in targets])
+        return self.encoder(images.to(self._device, torch.float32) / 255).tokens.float().cpu().numpy()
+
+    def _install(self, target: Target, structure_index: int, image_tokens: np.ndarray, png: bytes) -> None:
+        self._target = target
+        self._structure_index = structure_index
+        self._entry = self.table[structure_index]
+        self._image_tokens = image_tokens
+        self._png = png
+        self._episodes_on_target = 0
+
     def _next_target(self, reseeded: bool) -> None:
         """A new target every `samples_per_target` episodes (and after every explicit seed)."""
         if reseeded or self._target is None or self._episodes_on_target >= self.config.samples_per_target:
-            target = self.targets.draw(self.np_random, 1)[0]
-            structure = target.structures[int(self.np_random.integers(len(target.structures)))]
-            if structure.structure_id not in self._index:
-                raise ValueError(f"target {target.target_id}: structure {structure.structure_id!r} is not in "
-                                 "the environment's structure table")
-            self._target = target
-            self._structure_index = self._index[structure.structure_id]
-            self._entry = self.table[self._structure_index]
-            self._png = target.png()
-            with torch.no_grad():
-                image = torch.from_numpy(np.ascontiguousarray(target.image)).permute(2, 0, 1)[None].float() / 255
-                tokens = self.encoder(image).tokens[0]
-            self._image_tokens = tokens.numpy().astype(np.float32, copy=False)
-            self._episodes_on_target = 0
+            target, index = self._draw_target()
+            self._install(target, index, self._encode([target])[0], target.png())
         self._episodes_on_target += 1
 
-    def _score(self, tokens: np.ndarray) -> tuple[float, dict]:
+    def _request(self, tokens: np.ndarray) -> tuple[ScoreRequest, int]:
+        """The reward request for one finished sequence, with its executor seed drawn from `np_random`."""
         seed = int(self.np_random.integers(0, 2**31 - 1))
-        request = ScoreRequest(structure=self._entry.structure.reward_structure, seeds=[seed], target=self._png,
-                               tokens=[tokens.tolist()], request_id=f"gym-{self._target.target_id}")
-        result = self.client.score_many([request], timeout_s=self.config.reward_timeout_s)[0][0]
+        return ScoreRequest(structure=self._entry.structure.reward_structure, seeds=[seed], target=self._png,
+                            tokens=[tokens.tolist()], request_id=f"gym-{self._target.target_id}"), seed
+
+    def _outcome(self, result, seed: int) -> tuple[float, dict]:
         info = {"ok": result.ok, "reward_terms": dict(result.terms), "target_id": self._target.target_id,
                 "structure_id": self._entry.structure.structure_id, "seed": seed}
         if result.error:
             info["error"] = result.error
         return float(result.reward), info
+
+    def _score(self, tokens: np.ndarray) -> tuple[float, dict]:
+        request, seed = self._request(tokens)
+        result = self.client.score_many([request], timeout_s=self.config.reward_timeout_s)[0][0]
+        return self._outcome(result, seed)
 
     def _project(self, slots: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, int]:
         tokens = np.clip(np.asarray(tokens, dtype=np.int64), 0, VALUE_BINS - 1)
@@ -248,10 +272,13 @@ class MaterialParamEnv(_MaterialEnvBase):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         self._next_target(reseeded=seed is not None)
-        return self._obs(), {"target_id": self._target.target_id,
-                             "structure_id": self._entry.structure.structure_id}
+        return self._obs(), self._reset_info()
 
-    def step(self, action):
+    def _reset_info(self) -> dict:
+        return {"target_id": self._target.target_id, "structure_id": self._entry.structure.structure_id}
+
+    def _tokens(self, action) -> tuple[np.ndarray, int]:
+        """The structure's tokens of an action (inadmissible ones projected) and how many were."""
         if self._target is None:
             raise RuntimeError("step() before reset()")
         action = np.asarray(action)
@@ -259,10 +286,122 @@ class MaterialParamEnv(_MaterialEnvBase):
             raise ValueError(f"action of shape {action.shape}; this environment takes ({self.max_slots},) "
                              "value tokens (the whole parameter sequence)")
         n = self._entry.tokens.num_slots
-        tokens, invalid = self._project(np.arange(n), action[:n])
+        return self._project(np.arange(n), action[:n])
+
+    def step(self, action):
+        tokens, invalid = self._tokens(action)
         reward, info = self._score(tokens)
         info["invalid_tokens"] = invalid
         return self._obs(), reward, True, False, info
+
+
+class MaterialParamVectorEnv(gym.vector.VectorEnv):
+    """`num_envs` copies of `MaterialParamEnv` stepped as one batch (Gymnasium's vector entry point of
+    ``matrl/MaterialParam-v0``; RLlib: ``gym_env_vectorize_mode="vector_entry_point"``).
+
+    What a sequential vector env cannot do: the copies form groups of `samples_per_target`
+    (consecutive indices) that share one target, so one vector step holds num_envs /
+    samples_per_target targets with samples_per_target sequences each, like one matrl rollout;
+    the group's target is encoded once (one encoder call for all groups) and a step sends ONE
+    `score_many` call with one request per group, which the reward service scores in parallel
+    with the target's features computed once. Each copy keeps its own `np_random` (a group's
+    first copy draws the target; every copy draws its own executor seed), so rewards equal what
+    the single environments would give for the same draws. Autoreset is Gymnasium's default
+    (NEXT_STEP): the step after a copy's episode ended resets it and ignores its action.
+    """
+
+    metadata = {"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP, "render_modes": []}
+
+    def __init__(self, num_envs: int = 1, config: MaterialEnvConfig | Mapping[str, Any] | None = None,
+                 **kwargs: Any):
+        first = MaterialParamEnv(config, **kwargs)
+        group = first.config.samples_per_target
+        if num_envs < 1 or num_envs % group:
+            raise ValueError(f"num_envs={num_envs} must be a positive multiple of samples_per_target={group} "
+                             "(the copies of a group share one target)")
+        single = first.config.model_copy(update={"samples_per_target": 1})
+        self.envs = [first] + [MaterialParamEnv(single) for _ in range(num_envs - 1)]
+        self.num_envs, self.group = num_envs, group
+        self.config = first.config
+        self.client = first.client
+        self.single_observation_space = first.observation_space
+        self.single_action_space = first.action_space
+        self.observation_space = gym.vector.utils.batch_space(first.observation_space, num_envs)
+        self.action_space = gym.vector.utils.batch_space(first.action_space, num_envs)
+        self._autoreset = np.zeros(num_envs, dtype=bool)
+
+    def _new_targets(self, groups: list[int]) -> None:
+        draws = [self.envs[g * self.group]._draw_target() for g in groups]
+        if not draws:
+            return
+        tokens = self.envs[0]._encode([t for t, _ in draws])
+        for g, (target, index), image in zip(groups, draws, tokens):
+            png = target.png()
+            for env in self.envs[g * self.group:(g + 1) * self.group]:
+                env._install(target, index, image, png)
+
+    def _batch(self, observations: list[dict]) -> dict:
+        return gym.vector.utils.concatenate(self.single_observation_space, observations,
+                                            gym.vector.utils.create_empty_array(self.single_observation_space,
+                                                                                self.num_envs))
+
+    def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None):
+        seeds = ([None] * self.num_envs if seed is None else
+                 [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else list(seed))
+        if len(seeds) != self.num_envs:
+            raise ValueError(f"{len(seeds)} seeds for {self.num_envs} environments")
+        for env, s in zip(self.envs, seeds):
+            gym.Env.reset(env, seed=s)
+        self._new_targets(list(range(self.num_envs // self.group)))
+        self._autoreset[:] = False
+        infos: dict = {}
+        for i, env in enumerate(self.envs):
+            infos = self._add_info(infos, env._reset_info(), i)
+        return self._batch([env._obs() for env in self.envs]), infos
+
+    def step(self, actions):
+        actions = np.asarray(actions)
+        n = self.num_envs
+        rewards = np.zeros(n, dtype=np.float64)
+        terminated = np.zeros(n, dtype=bool)
+        infos: dict = {}
+        resetting = self._autoreset.copy()
+        for i in np.flatnonzero(resetting):
+            gym.Env.reset(self.envs[i])
+        self._new_targets([g for g in range(n // self.group) if resetting[g * self.group]])
+        requests, members, details = [], [], {}
+        for g in range(n // self.group):
+            stepping = [i for i in range(g * self.group, (g + 1) * self.group) if not resetting[i]]
+            if not stepping:
+                continue
+            group_request = None
+            for i in stepping:
+                tokens, invalid = self.envs[i]._tokens(actions[i])
+                request, seed = self.envs[i]._request(tokens)
+                details[i] = (seed, invalid)
+                if group_request is None:
+                    group_request = request
+                else:
+                    group_request.seeds.extend(request.seeds)
+                    group_request.tokens.extend(request.tokens)
+            requests.append(group_request)
+            members.append(stepping)
+        results = self.client.score_many(requests, timeout_s=self.config.reward_timeout_s) if requests else []
+        for stepping, group_results in zip(members, results):
+            for i, result in zip(stepping, group_results):
+                seed, invalid = details[i]
+                rewards[i], info = self.envs[i]._outcome(result, seed)
+                info["invalid_tokens"] = invalid
+                terminated[i] = True
+                infos = self._add_info(infos, info, i)
+        for i in np.flatnonzero(resetting):
+            infos = self._add_info(infos, self.envs[i]._reset_info(), i)
+        self._autoreset = terminated.copy()
+        return (self._batch([env._obs() for env in self.envs]), rewards, terminated, np.zeros(n, dtype=bool), infos)
+
+    def close_extras(self, **kwargs) -> None:
+        for env in self.envs:
+            env.close()
 
 
 class MaterialTokenEnv(_MaterialEnvBase):
@@ -316,9 +455,11 @@ class MaterialTokenEnv(_MaterialEnvBase):
 
 def register() -> None:
     """Register both ids with Gymnasium (idempotent; done on import)."""
-    for env_id, name in ((PARAM_ENV_ID, "MaterialParamEnv"), (TOKEN_ENV_ID, "MaterialTokenEnv")):
-        if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point=f"rollout_workers.gym_env:{name}")
+    if PARAM_ENV_ID not in gym.registry:
+        gym.register(id=PARAM_ENV_ID, entry_point="rollout_workers.gym_env:MaterialParamEnv",
+                     vector_entry_point="rollout_workers.gym_env:MaterialParamVectorEnv")
+    if TOKEN_ENV_ID not in gym.registry:
+        gym.register(id=TOKEN_ENV_ID, entry_point="rollout_workers.gym_env:MaterialTokenEnv")
 
 
 register()

@@ -9,8 +9,9 @@ lambda 0.95, top-p 0.9):
     train_batch_size = trajectories per iteration, minibatch = ppo.minibatch trajectories;
   * formulation "token" (`MaterialTokenEnv` + `MaterialTokenRLModule`, one step per slot): the same
     counts times the mean slot count of the structures (RLlib batches timesteps, not episodes);
-  * the env keeps a target for `rollout.sampling.samples_per_target` episodes, as matrl's rollout
-    workers sample that many sequences per target;
+  * targets are shared by `rollout.sampling.samples_per_target` sequences, as matrl's rollout
+    workers sample that many per target: in the batched vector env (sequence formulation, default)
+    by that many env copies at once, in a sequential vector env by that many consecutive episodes;
   * PPO's own KL term to the previous policy is off (`use_kl_loss=False`): matrl's KL is to the
     frozen pre-trained policy with a 0.001 weight, which RLlib's PPO has no counterpart for; the
     clipped ratio is the trust region in both.
@@ -43,8 +44,11 @@ class RLlibConfig(BaseModel):
     gpus_per_env_runner: float = Field(0.0, ge=0)
     num_learners: int = Field(0, ge=0, description="0: the learner runs in the driver")
     gpus_per_learner: float = Field(0.0, ge=0)
-    vectorize: Literal["sync", "async"] = Field("sync", description="gymnasium vector env mode (async: one "
-                                                "process per environment)")
+    vectorize: Literal["auto", "vector_entry_point", "sync", "async"] = Field(
+        "auto", description="gymnasium vector env mode. auto: the batched `MaterialParamVectorEnv` (vector_entry_point: "
+                            "groups of samples_per_target envs share a target, one reward call per step) for the "
+                            "sequence formulation, sync (envs stepped one after another) for the token one; "
+                            "async: one process per environment")
     torch_threads: int | None = Field(1, ge=1, description="intra-op threads of EnvRunners, envs and learner")
 
 
@@ -68,7 +72,8 @@ def ppo_config(job: TrainJobConfig, init: str | Path, reward_address: str, rl: R
     env_config = MaterialEnvConfig(reward_address=reward_address, token_file=token_file,
                                    reward_timeout_s=sampling.reward_timeout_s, targets=job.targets,
                                    vocab=info.policy.vocab, encoder=info.encoder,
-                                   samples_per_target=sampling.samples_per_target, torch_threads=rl.torch_threads)
+                                   samples_per_target=sampling.samples_per_target, torch_threads=rl.torch_threads,
+                                   device="auto" if rl.gpus_per_env_runner > 0 else "cpu")
     per_iteration, minibatch = job.trajectories_per_iteration, job.ppo.minibatch
     if rl.formulation == "token":
         slots = _mean_slots(job, Vocabulary.from_dict(info.policy.vocab))
@@ -78,13 +83,16 @@ def ppo_config(job: TrainJobConfig, init: str | Path, reward_address: str, rl: R
         env_id, module = PARAM_ENV_ID, MaterialRLModule
     model_config = {"init": str(init), "structures": [s.graph_json for s in structure_table(job.targets)],
                     "top_p": sampling.top_p, "temperature": sampling.temperature, "torch_threads": rl.torch_threads}
+    vectorize = rl.vectorize
+    if vectorize == "auto":
+        vectorize = "vector_entry_point" if rl.formulation == "sequence" else "sync"
     ppo = job.ppo
     return (
         PPOConfig()
         .environment(f"rollout_workers.gym_env:{env_id}", env_config=env_config.model_dump(mode="json"))
         .env_runners(num_env_runners=rl.env_runners, num_envs_per_env_runner=rl.envs_per_env_runner,
                      num_cpus_per_env_runner=rl.cpus_per_env_runner, num_gpus_per_env_runner=rl.gpus_per_env_runner,
-                     gym_env_vectorize_mode=rl.vectorize)
+                     gym_env_vectorize_mode=vectorize)
         .learners(num_learners=rl.num_learners, num_gpus_per_learner=rl.gpus_per_learner)
         .rl_module(rl_module_spec=RLModuleSpec(module_class=module, model_config=model_config))
         .training(lr=ppo.lr, train_batch_size_per_learner=per_iteration, minibatch_size=minibatch,
