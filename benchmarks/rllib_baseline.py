@@ -182,10 +182,19 @@ def run_matrl(args, job, job_sets: dict, init: Path, address: str, run_dir: Path
     finally:
         job.close()
     policy, _ = load_policy(run_dir / name / "checkpoints" / "latest")
-    row = {"system": name, "mode": config.mode, "iterations": summary["iterations"], "trajectories": summary["trajectories"],
-           "train_wall_s": summary["train_wall_s"], "stopped_by": summary["stopped_by"],
-           "own_val_final": summary["val_history"][-1][1] if summary["val_history"] else math.nan}
+    metrics = [json.loads(line) for line in (run_dir / name / "metrics.jsonl").read_text().splitlines() if line]
+    row = {"system": name, "mode": config.mode, "iterations": summary["iterations"],
+           "trajectories": summary["trajectories"], "train_wall_s": summary["train_wall_s"],
+           "stopped_by": summary["stopped_by"],
+           "own_val_final": summary["val_history"][-1][1] if summary["val_history"] else math.nan,
+           **{f"median_{key.split('/')[-1]}": median([m.get(key, math.nan) for m in metrics])
+              for key in ("iteration_s", "phase/sample_s", "phase/reward_s", "phase/rollout_s", "phase/learn_s")}}
     return row, policy.state_dict()
+
+
+def median(values: list[float]) -> float:
+    finite = sorted(v for v in values if isinstance(v, (int, float)) and math.isfinite(v))
+    return finite[len(finite) // 2] if finite else math.nan
 
 
 def run_rllib(args, job, init: Path, address: str, name: str) -> tuple[dict, dict]:
@@ -216,7 +225,9 @@ def run_rllib(args, job, init: Path, address: str, name: str) -> tuple[dict, dic
         run.stop()
     row = {"system": name, "iterations": out["iterations"], "trajectories": out["trajectories"],
            "train_wall_s": out["train_wall_s"], "env_steps": out["env_steps"], "envs_per_runner": envs,
-           "cpus_per_env_runner": cpus, "vectorize": rl.vectorize}
+           "cpus_per_env_runner": cpus, "vectorize": rl.vectorize,
+           **{f"median_{key}": median([h[key] for h in out["history"]])
+              for key in ("iteration_s", "sample_s", "learn_s")}}
     return row, weights
 
 

@@ -314,12 +314,16 @@ class MaterialParamVectorEnv(gym.vector.VectorEnv):
 
     def __init__(self, num_envs: int = 1, config: MaterialEnvConfig | Mapping[str, Any] | None = None,
                  **kwargs: Any):
-        first = MaterialParamEnv(config, **kwargs)
-        group = first.config.samples_per_target
+        if isinstance(config, MaterialEnvConfig):
+            config = config.model_copy(update=kwargs) if kwargs else config
+        else:
+            config = MaterialEnvConfig.model_validate({**dict(config or {}), **kwargs})
+        group = config.samples_per_target
         if num_envs < 1 or num_envs % group:
             raise ValueError(f"num_envs={num_envs} must be a positive multiple of samples_per_target={group} "
                              "(the copies of a group share one target)")
-        single = first.config.model_copy(update={"samples_per_target": 1})
+        first = MaterialParamEnv(config)
+        single = config.model_copy(update={"samples_per_target": 1})
         self.envs = [first] + [MaterialParamEnv(single) for _ in range(num_envs - 1)]
         self.num_envs, self.group = num_envs, group
         self.config = first.config
@@ -400,7 +404,7 @@ class MaterialParamVectorEnv(gym.vector.VectorEnv):
         return (self._batch([env._obs() for env in self.envs]), rewards, terminated, np.zeros(n, dtype=bool), infos)
 
     def close_extras(self, **kwargs) -> None:
-        for env in self.envs:
+        for env in getattr(self, "envs", []):
             env.close()
 
 

@@ -112,6 +112,39 @@ def test_param_env_projects_tokens_a_slot_does_not_admit_and_keeps_targets_for_k
     env.close()
 
 
+def test_vector_env_shares_targets_in_groups_and_scores_each_copy_as_a_single_request(service):
+    from reward_service.api import ScoreRequest
+    from reward_service.client import RewardClient
+
+    env = gymnasium.make_vec(f"rollout_workers.gym_env:{PARAM_ENV_ID}", num_envs=4,
+                             vectorization_mode="vector_entry_point", reward_address=service, targets=TARGETS,
+                             samples_per_target=2)
+    obs, info = env.reset(seed=5)
+    ids = list(info["target_id"])
+    assert ids[0] == ids[1] and ids[2] == ids[3] and ids[0] != ids[2]
+    np.testing.assert_array_equal(obs["image_tokens"][0], obs["image_tokens"][1])
+    rng = np.random.default_rng(1)
+    actions = np.stack([[rng.choice(np.flatnonzero(row)) for row in mask] for mask in obs["action_mask"]])
+    _, rewards, terminated, truncated, infos = env.step(actions)
+    assert terminated.all() and not truncated.any() and infos["ok"].all() and (infos["invalid_tokens"] == 0).all()
+    copies = env.unwrapped.envs
+    with RewardClient(service) as client:  # the batched call split back to the right copy
+        for i, copy in enumerate(copies):
+            n = copy._entry.tokens.num_slots
+            alone = client.score(ScoreRequest(structure=copy._entry.structure.reward_structure,
+                                              seeds=[int(infos["seed"][i])], target=copy._png,
+                                              tokens=[actions[i, :n].tolist()]))[0]
+            assert rewards[i] == pytest.approx(alone.reward, abs=1e-6)
+    _, rewards, terminated, _, infos = env.step(actions)  # NEXT_STEP autoreset: new targets, no reward
+    assert not terminated.any() and (rewards == 0).all()
+    assert infos["target_id"][0] == infos["target_id"][1] and infos["target_id"][0] not in ids
+    env.close()
+    with pytest.raises(ValueError, match="multiple of samples_per_target=2"):
+        gymnasium.make_vec(f"rollout_workers.gym_env:{PARAM_ENV_ID}", num_envs=3,
+                           vectorization_mode="vector_entry_point", reward_address=service, targets=TARGETS,
+                           samples_per_target=2)
+
+
 def test_bad_env_config_names_the_key():
     with pytest.raises(Exception, match="samples_per_targets"):
         MaterialParamEnv({"samples_per_targets": 2})
@@ -268,9 +301,8 @@ def test_train_job_stops_at_max_wall_s(service, init_checkpoint, tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "latest" / "model.safetensors").is_file()
 
 
-@pytest.mark.slow
 def test_side_by_side_benchmark_quick_runs_both_systems(tmp_path):
-    """`benchmarks/rllib_baseline.py --quick`: matrl and RLlib PPO in one run, a row each (~2-3 min)."""
+    """`benchmarks/rllib_baseline.py --quick`: matrl and RLlib PPO in one run, a row each (~1 min)."""
     import json
 
     run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "rllib_baseline.py"), "--quick", "--json",

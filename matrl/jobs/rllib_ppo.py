@@ -120,9 +120,12 @@ class RLlibRun:
         the token formulation)."""
         from ray.rllib.utils.metrics import (
             ENV_RUNNER_RESULTS,
+            ENV_RUNNER_SAMPLING_TIMER,
             EPISODE_RETURN_MEAN,
+            LEARNER_UPDATE_TIMER,
             NUM_ENV_STEPS_SAMPLED_LIFETIME,
             NUM_EPISODES_LIFETIME,
+            TIMERS,
         )
 
         result: dict = {}
@@ -133,10 +136,14 @@ class RLlibRun:
             self.train_s += took
             self.iterations += 1
             runners = result.get(ENV_RUNNER_RESULTS, {})
+            timers = result.get(TIMERS, {})
             row = {"iteration": self.iterations, "iteration_s": took, "train_s": self.train_s,
                    "episodes": int(runners.get(NUM_EPISODES_LIFETIME, 0)),
                    "env_steps": int(runners.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0)),
-                   "reward_mean": float(runners.get(EPISODE_RETURN_MEAN, math.nan))}
+                   "reward_mean": float(runners.get(EPISODE_RETURN_MEAN, math.nan)),
+                   # RLlib's own timers (smoothed over iterations): sampling and learner phases
+                   "sample_s": float(timers.get(ENV_RUNNER_SAMPLING_TIMER, math.nan)),
+                   "learn_s": float(timers.get(LEARNER_UPDATE_TIMER, math.nan))}
             self.history.append(row)
             if progress is not None:
                 progress(row)
