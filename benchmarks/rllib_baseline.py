@@ -324,6 +324,14 @@ def print_table(rows: list[dict]) -> None:
         print(" | ".join((r["system"], str(r["iterations"]), str(r["trajectories"]), f"{r['train_wall_s']:.1f}",
                           f"{r['trajectories_per_s']:.2f}", f"{r['val_reward_init']:+.4f} -> {r['val_reward']:+.4f}",
                           f"{r['matrl_speedup']:.2f}")) + (f" | FAILED: {r['error']}" if r.get("error") else ""))
+    print("median seconds per iteration (matrl: its phases; RLlib: its own timers, smoothed over iterations)")
+    print("system | iteration | rollout (sample + reward) | of which reward | learn")
+    for r in rows:
+        if r.get("error"):
+            continue
+        rollout = r.get("median_rollout_s", r.get("median_sample_s", math.nan))
+        print(" | ".join((r["system"], f"{r.get('median_iteration_s', math.nan):.2f}", f"{rollout:.2f}",
+                          f"{r.get('median_reward_s', math.nan):.2f}", f"{r.get('median_learn_s', math.nan):.2f}")))
 
 
 def main(argv=None) -> int:
