@@ -63,7 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=Path("runs/rllib_baseline"),
                    help="working directory: bootstrap init, one run directory per invocation")
     p.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS),
-                   help=f"comma-separated subset of {','.join(SYSTEMS)} (default {','.join(DEFAULT_SYSTEMS)})")
+                   help=f"comma-separated list of {','.join(SYSTEMS)} (default {','.join(DEFAULT_SYSTEMS)}); a "
+                        "system may repeat (matrl,rllib,matrl,rllib: pairs under the same machine load)")
     p.add_argument("--wall-s", type=float, default=None, help="training seconds per system (240; --quick 1)")
     p.add_argument("--min-iterations", type=int, default=None,
                    help="RLlib: at least this many iterations even past the budget (1; --quick 2)")
@@ -176,13 +177,16 @@ def run_matrl(args, job, job_sets: dict, init: Path, address: str, run_dir: Path
         sets.update({"learner.num_gpus": learner_gpus, "learner.device": "cuda", "rollout.num_gpus": per_rollout,
                      "rollout.sampling.device": "cuda"})
     config = load_config(TrainJobConfig, "train", args.config, sets)
-    job = TrainJob(config, run_dir / name, progress=False, fixed_cluster=fixed_cluster)
+    out = run_dir / name
+    while out.exists():  # a system listed twice (A/B/A/B runs under the same load) gets a fresh directory
+        out = out.with_name(out.name + "+")
+    job = TrainJob(config, out, progress=False, fixed_cluster=fixed_cluster)
     try:
         summary = job.run()
     finally:
         job.close()
-    policy, _ = load_policy(run_dir / name / "checkpoints" / "latest")
-    metrics = [json.loads(line) for line in (run_dir / name / "metrics.jsonl").read_text().splitlines() if line]
+    policy, _ = load_policy(out / "checkpoints" / "latest")
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
     row = {"system": name, "mode": config.mode, "iterations": summary["iterations"],
            "trajectories": summary["trajectories"], "train_wall_s": summary["train_wall_s"],
            "stopped_by": summary["stopped_by"],
@@ -290,10 +294,10 @@ def run(args) -> list[dict]:
             log(f"{system}: {row['trajectories']} trajectories in {row['train_wall_s']:.1f}s "
                 f"({row['trajectories_per_s']:.2f}/s), validation reward {val_init:+.4f} -> {row['val_reward']:+.4f}")
             rows.append(row)
-        base = next((r for r in rows if r["system"] == "matrl"), None)
+        matrl = [r["trajectories_per_s"] for r in rows if r["system"] == "matrl" and r["trajectories_per_s"] > 0]
+        base = sum(matrl) / len(matrl) if matrl else math.nan  # mean over repeated matrl rows
         for row in rows:
-            row["matrl_speedup"] = (base["trajectories_per_s"] / row["trajectories_per_s"]
-                                    if base and row["trajectories_per_s"] > 0 else math.nan)
+            row["matrl_speedup"] = base / row["trajectories_per_s"] if row["trajectories_per_s"] > 0 else math.nan
         meta = {"config": args.config, "sets": job_sets, "init": str(init), "wall_s": args.wall_s,
                 "gpus": args.gpus, "num_cpus": num_cpus, "reward_workers": job.reward.workers,
                 "rollout_workers": job.rollout.workers, "env_runners": args.env_runners,
