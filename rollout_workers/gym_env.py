@@ -37,6 +37,11 @@ reward service (`reward_service.client.RewardClient`), one request per finished 
 executor seed of each sample is drawn from ``np_random`` as well, so a seeded episode is
 reproducible (Gymnasium's `check_env` checks it).
 
+`MaterialParamVectorEnv` is the sequence formulation's native vector env (Gymnasium's
+``vector_entry_point``; RLlib ``gym_env_vectorize_mode="vector_entry_point"``): groups of k copies
+share a target within one step and a step sends one reward call for all of them, as matrl's
+rollout workers batch their requests.
+
 Construction: ``MaterialParamEnv(config)`` with a `MaterialEnvConfig` or a dict of its fields
 (RLlib passes ``env_config`` as such a dict), or keyword arguments (``gymnasium.make(id, **kw)``).
 In another process ``gymnasium.make("rollout_workers.gym_env:matrl/MaterialParam-v0", ...)``
