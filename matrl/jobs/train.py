@@ -101,6 +101,8 @@ class ValidationConfig(_Strict):
 class TrainJobConfig(_Strict):
     init: str = Field(description="pre-trained checkpoint directory, or pretrain:<preset> to make one first")
     iterations: int = Field(100, ge=1)
+    max_wall_s: float | None = Field(None, gt=0, description="stop after the iteration that brings the training "
+                                                            "time (sampling + PPO, summed over iterations) to this")
     seed: int = Field(0, ge=0, le=2**31 - 1)
     mode: Literal["sync", "async"] = "sync"
     max_policy_lag: int = Field(1, ge=0, description="async: rows older than this many versions are dropped")
@@ -504,6 +506,7 @@ class TrainJob:
         state.setdefault("wall_s", 0.0)
         state.setdefault("trajectories", 0)
         state.setdefault("learn_s", 0.0)
+        state.pop("stopped_by", None)  # a resumed run continues until its own limits
         metrics_sink = JobMetrics(self.out, self.job_name, ray_metrics=self.runtime.distributed,
                                   total_iterations=cfg.iterations, start_iteration=state["iteration"],
                                   progress=self.progress)
@@ -540,7 +543,11 @@ class TrainJob:
         state["trajectories"] += int(metrics.get("trajectories", 0))
         state.setdefault("reward_first", metrics.get("reward_mean"))
         state["reward_last"] = metrics.get("reward_mean")
-        last = iteration + 1 == cfg.iterations
+        out_of_time = (cfg.max_wall_s is not None
+                       and state["wall_s"] + metrics.get("iteration_s", 0.0) >= cfg.max_wall_s)
+        last = iteration + 1 == cfg.iterations or out_of_time
+        if out_of_time:
+            state["stopped_by"] = "max_wall_s"
         if (cfg.validation.every and (iteration + 1) % cfg.validation.every == 0) or last:
             t = time.perf_counter()
             val = self._validate(weights_fn(), version)
@@ -587,6 +594,8 @@ class TrainJob:
                             for r in rollouts])
             metrics["rollout_idle_fraction"] = max(0.0, 1 - busy / (t2 - t0))
             self._finish_iteration(sink, iteration, version, metrics, self._weights)
+            if state.get("stopped_by"):
+                break
 
     def _run_async(self, sink) -> None:
         cfg, rt, state = self.config, self.runtime, self.state
@@ -624,7 +633,7 @@ class TrainJob:
         t_iter = time.perf_counter()
         finished: list[dict] = []
         learn = rt.call(self.learner, "update", cfg.seed, iteration, rows, max(0, version - cfg.max_policy_lag))
-        while iteration < cfg.iterations:
+        while iteration < cfg.iterations and not state.get("stopped_by"):
             futures = [f for f, _ in pending.values()] + [learn]
             ready, _ = rt.wait(futures, timeout_s=1.0, num_returns=1)
             for w, (future, since) in list(pending.items()):
@@ -671,7 +680,7 @@ class TrainJob:
                 for w in range(before, len(self.rollouts)):
                     submit(w)
                 rows = per_worker * (len(self.rollouts) - len(retiring))
-                if iteration < cfg.iterations:
+                if iteration < cfg.iterations and not state.get("stopped_by"):
                     learn = rt.call(self.learner, "update", cfg.seed, iteration, rows,
                                     max(0, version - cfg.max_policy_lag))
             settle_retired()
@@ -717,7 +726,7 @@ class TrainJob:
                 "val_reward_pretrained": s.get("val_reward_pretrained"), "val_reward_best": s.get("val_reward_best"),
                 "val_best_iteration": s.get("val_best_iteration", 0), "val_history": s.get("val_history", []),
                 "trajectories": s.get("trajectories", 0), "wall_s": wall_s, "train_wall_s": s.get("wall_s"),
-                "mode": self.config.mode, "events": counts}
+                "mode": self.config.mode, "stopped_by": s.get("stopped_by", "iterations"), "events": counts}
 
     def close(self) -> None:
         rt = self.runtime
