@@ -131,7 +131,8 @@ def test_readme_leads_with_the_two_commands_then_the_cluster():
     assert commands == ["make demo", "make test"]
     headings = re.findall(r"^## (.+)$", readme, re.M)
     assert headings[:2] == ["Quick start", "Run on a cluster"], headings
-    for needed in ("ray up cluster.yaml", "ray job submit --working-dir . -- matrl train --config paper",
+    assert re.search(r"ray job submit [^\n]*--working-dir \. -- matrl train --config paper", readme)
+    for needed in ("ray up cluster.yaml",
                    "ray dashboard cluster.yaml", "ray get-auth-token --generate", "RAY_AUTH_MODE=token"):
         assert needed in readme, needed
 

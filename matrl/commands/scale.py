@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     from matrl.errors import UserError
     from matrl.jobs.control import ScaleError, find_control
+    from matrl.jobs.ray_runtime import init_ray
 
     address = args.address or os.environ.get("RAY_ADDRESS")
     if not address:
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
                         "starts a cluster of its own")
     if not args.status and args.rollout_workers is None and args.reward_workers is None:
         raise UserError("nothing to change: give --rollout-workers and/or --reward-workers (or --status)")
-    ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    init_ray(address, log_to_driver=False, logging_level="ERROR")
     try:
         control = find_control(args.job)
         if args.status:
