@@ -92,12 +92,12 @@ class RolloutWorkerShell:
                     "pid": os.getpid()})
         return out
 
-    def evaluate(self, weights: dict, version: int, num_targets: int, seed: int = 0) -> dict:
-        """Greedy validation on the fixed validation targets."""
+    def evaluate(self, weights: dict, version: int, num_targets: int, seed: int = 0, samples: int = 0) -> dict:
+        """Greedy (and with `samples`, sampled) validation on the fixed validation targets."""
         if self._validation is None:
             self._validation = build_targets(self.spec.validation or self.spec.targets)
         self.worker.set_weights(weights, version)
-        return self.worker.evaluate(self._validation.fixed(num_targets), seed)
+        return self.worker.evaluate(self._validation.fixed(num_targets), seed, samples)
 
     def close(self) -> None:
         self.client.close()

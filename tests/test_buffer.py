@@ -127,3 +127,18 @@ def test_rollouts_are_deterministic_per_seed_and_carry_the_weights_version(rollo
     worker.set_weights(policy.state_dict(), 0)
     result = worker.evaluate(worker.targets.fixed(2))
     assert len(result["rewards"]) == 2 and np.isfinite(result["reward_mean"])
+
+
+def test_sampled_validation_is_deterministic_and_its_best_of_n_bounds_its_mean(rollout):
+    """`evaluate(samples=N)`: N top-p draws per target with a fixed seed, so two calls on the same
+    weights agree; top-1 of N is at least the mean of the N; the greedy part is unchanged."""
+    _, worker, _, _ = rollout
+    targets = worker.targets.fixed(2)
+    greedy = worker.evaluate(targets)
+    first, second = worker.evaluate(targets, samples=3), worker.evaluate(targets, samples=3)
+    assert first["rewards"] == greedy["rewards"] and "sample_reward_mean" not in greedy
+    assert first["sample_rewards"] == second["sample_rewards"]
+    assert [len(row) for row in first["sample_rewards"]] == [3, 3]
+    assert first["best_of_n_mean"] >= first["sample_reward_mean"]
+    assert first["sample_reward_mean"] == pytest.approx(np.mean(first["sample_rewards"]))
+    assert worker.evaluate(targets, seed=5, samples=3)["sample_rewards"] != first["sample_rewards"]

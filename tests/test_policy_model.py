@@ -126,6 +126,12 @@ def test_value_network_starts_from_the_policy_with_a_fresh_head():
     v = value(batch, images(2))
     assert v.shape == (2, batch.num_slots) and (v[~batch.slot_mask] == 0).all()
     assert value.head.weight.shape == (1, 96)
+    # a zero head: V = 0 before the first update (a random one drowned the first advantages)
+    assert (v == 0).all() and not value.head.weight.any() and not value.head.bias.any()
+    # and it learns: one gradient step on a value loss moves the head off zero
+    loss = ((value(batch, images(2)) - batch.slot_mask.float()) ** 2).sum()
+    loss.backward()
+    assert value.head.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("cls", [MaterialPolicy, ValueNetwork])

@@ -19,6 +19,8 @@ GAUGES = {
     "reward_mean": "mean appearance reward of the iteration's trajectories",
     "reward_max": "best appearance reward of the iteration's trajectories",
     "val_reward": "mean greedy reward on the validation targets",
+    "val_sample_reward": "mean reward of top-p samples on the validation targets (validation.samples)",
+    "val_best_of_n": "mean top-1 of validation.samples samples on the validation targets",
     "approx_kl": "approximate KL between the policy before and after the update",
     "kl_ref": "mean log-ratio to the frozen pre-trained reference",
     "entropy": "mean token entropy of the policy",
@@ -101,6 +103,7 @@ class JobMetrics:
         line = (f"it {iteration:4d}  reward {metrics.get('reward_mean', float('nan')):+.3f} "
                 f"(max {metrics.get('reward_max', float('nan')):+.3f})  "
                 f"val {metrics.get('val_reward', float('nan')):+.3f}  "
+                + (f"val~ {metrics['val_sample_reward']:+.3f}  " if "val_sample_reward" in metrics else "") +
                 f"kl {metrics.get('approx_kl', float('nan')):.4f}  ent {metrics.get('entropy', float('nan')):.3f}  "
                 f"traj/s {metrics.get('trajectories_per_s', float('nan')):.1f}  "
                 f"{metrics.get('iteration_s', float('nan')):.1f}s")
@@ -110,8 +113,8 @@ class JobMetrics:
     def scalar(self, key: str, value: float, step: int) -> None:
         self.writer.add_scalar(key, value, step)
         self.writer.flush()
-        if self.ray is not None and key == "val_reward":
-            self.ray.set("val_reward", value)
+        if self.ray is not None and key in ("val_reward", "val_sample_reward", "val_best_of_n"):
+            self.ray.set(key, value)
 
     def close(self) -> None:
         self.bar.close()

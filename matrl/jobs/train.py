@@ -94,6 +94,8 @@ class RewardGroupConfig(_Strict):
 class ValidationConfig(_Strict):
     every: int = Field(5, ge=0, description="validate every N iterations (0: only before and after)")
     targets: int = Field(16, ge=1, description="fixed held-out targets, greedy prediction each")
+    samples: int = Field(0, ge=0, le=64, description="also N top-p samples per target: the policy's expected "
+                                                     "reward (val_sample_reward) and top-1 of N (val_best_of_n)")
     source: TargetsConfig | None = Field(None, description="None: renders of the training structures with "
                                                           "parameter draws of another seed (held-out images)")
 
@@ -363,7 +365,8 @@ class TrainJob:
         self._pending = {}
         rt.get(rt.call(self.buffer, "take_all"))  # rows of the lost update are sampled again
         ready = self._new_learner(resume=True)
-        keep = {k: self.state[k] for k in ("val_reward_pretrained", "val_history") if k in self.state}
+        keep = {k: self.state[k] for k in ("val_reward_pretrained", "val_history", "val_sample_history")
+                if k in self.state}
         self.state = {**keep, **ready["job_state"]} if ready["job_state"] else {
             **keep, "iteration": 0, "val_reward_best": self.state.get("val_reward_pretrained"), "wall_s": 0.0,
             "trajectories": 0}
@@ -464,7 +467,7 @@ class TrainJob:
         for attempt in range(self.config.rollout.max_restarts + 1):
             try:
                 return rt.get(rt.call(self.rollouts[0], "evaluate", weights, version, self.config.validation.targets,
-                                      self.config.seed), timeout_s=self.config.rollout.timeout_s)
+                                      self.config.seed, self.config.validation.samples), timeout_s=self.config.rollout.timeout_s)
             except RoleDied as err:
                 if attempt == self.config.rollout.max_restarts:
                     raise TrainError(f"validation failed: rollout-0 died {attempt + 1} times ({err})") from None
@@ -472,7 +475,6 @@ class TrainJob:
         raise AssertionError("unreachable")
 
     def _save(self, name: str, metrics: dict | None = None) -> None:
-        rt = self.runtime
         self._learner("save", str(self._checkpoint_dir(name)), dict(self.state), metrics or {})
 
     def _write_roles(self) -> None:
@@ -519,6 +521,7 @@ class TrainJob:
                 state["val_reward_pretrained"] = state["val_reward_best"] = val["reward_mean"]
                 state["val_history"].append([0, val["reward_mean"]])
                 metrics_sink.scalar("val_reward", val["reward_mean"], 0)
+                self._record_sampled_validation(val, 0, metrics_sink=metrics_sink)
                 print(f"[train] validation before RL: greedy reward {val['reward_mean']:+.4f} on "
                       f"{len(val['rewards'])} held-out targets", flush=True)
                 (self.out / "validation_pretrained.json").write_text(json.dumps(val))
@@ -554,6 +557,7 @@ class TrainJob:
             metrics["val_reward"] = val["reward_mean"]
             metrics["phase/validate_s"] = time.perf_counter() - t
             state["val_history"].append([iteration + 1, val["reward_mean"]])
+            self._record_sampled_validation(val, iteration + 1, metrics)
             if val["reward_mean"] > state["val_reward_best"]:
                 state["val_reward_best"] = val["reward_mean"]
                 state["val_best_iteration"] = iteration + 1
@@ -571,6 +575,20 @@ class TrainJob:
             self._save("latest", {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
             metrics["phase/checkpoint_s"] = time.perf_counter() - t
         sink.iteration(iteration + 1, metrics)
+
+    def _record_sampled_validation(self, val: dict, iteration: int, metrics: dict | None = None,
+                                   metrics_sink=None) -> None:
+        """val_sample_history gets [iteration, expected reward of top-p samples, top-1 of N] when
+        `validation.samples` > 0 (the greedy reward stays in val_history)."""
+        if "sample_reward_mean" not in val:
+            return
+        row = [iteration, val["sample_reward_mean"], val["best_of_n_mean"]]
+        self.state.setdefault("val_sample_history", []).append(row)
+        if metrics is not None:
+            metrics.update({"val_sample_reward": row[1], "val_best_of_n": row[2]})
+        if metrics_sink is not None:
+            metrics_sink.scalar("val_sample_reward", row[1], iteration)
+            metrics_sink.scalar("val_best_of_n", row[2], iteration)
 
     def _run_sync(self, sink) -> None:
         cfg, rt = self.config, self.runtime
@@ -594,7 +612,7 @@ class TrainJob:
                             for r in rollouts])
             metrics["rollout_idle_fraction"] = max(0.0, 1 - busy / (t2 - t0))
             self._finish_iteration(sink, iteration, version, metrics, self._weights)
-            if state.get("stopped_by"):
+            if self.state.get("stopped_by"):
                 break
 
     def _run_async(self, sink) -> None:
@@ -725,6 +743,7 @@ class TrainJob:
                 "reward_first": s.get("reward_first"), "reward_last": s.get("reward_last"),
                 "val_reward_pretrained": s.get("val_reward_pretrained"), "val_reward_best": s.get("val_reward_best"),
                 "val_best_iteration": s.get("val_best_iteration", 0), "val_history": s.get("val_history", []),
+                "val_sample_history": s.get("val_sample_history", []),
                 "trajectories": s.get("trajectories", 0), "wall_s": wall_s, "train_wall_s": s.get("wall_s"),
                 "mode": self.config.mode, "stopped_by": s.get("stopped_by", "iterations"), "events": counts}
 
