@@ -31,19 +31,55 @@ def positive(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
-def check_points(result: dict, modes: set[str]) -> None:
-    assert {(p["cpu_reward"], p["mode"]) for p in result["points"]} >= {(1, "sync"), (2, "sync")}
-    assert {p["mode"] for p in result["points"]} == modes
+def check_point(p: dict) -> None:
+    assert "error" not in p, p
+    assert p["gpu_reward"] == 0 and p["rollout"] == 1
+    for key in ("trajectories_per_s", "reward_samples_per_s", "iteration_s", "sample_s", "reward_s", "learn_s",
+                "weight_sync_s"):
+        assert positive(p[key]), (key, p)
+    assert 0 <= p["learner_idle"] <= 1 and 0 <= p["rollout_idle"] <= 1, p
+    assert p["minibatch"] == p["buffer"] // 2 and p["iterations"] >= 1
+
+
+def test_scaling_one_point_writes_the_scaling_json_keys(tmp_path):
+    """The default-suite size (~1 min): one real asynchronous point (1 CPU reward worker, one measured
+    iteration), the control at K = 1, and the rllib_* / matrl_* keys from a rllib_baseline.py result file.
+    With one reward count there is no scaling ratio: reward_scaling_vs_control_min stays null."""
+    rllib = tmp_path / "rllib_baseline.json"  # the shape benchmarks/rllib_baseline.py writes
+    rllib.write_text(json.dumps({"meta": {}, "rows": [
+        {"system": "matrl", "trajectories_per_s": 12.0, "val_reward": 0.29},
+        {"system": "rllib", "trajectories_per_s": 6.0, "val_reward": 0.24},
+        {"system": "matrl", "trajectories_per_s": 10.0, "val_reward": 0.27}]}))
+    result, stdout = run_scaling(tmp_path, "--reward-workers", "1", "--modes", "async", "--warmup", "0",
+                                 "--iterations", "1", "--control-s", "1", "--rllib-json", str(rllib))
+    assert tuple(result)[:len(KEYS)] == KEYS and result["partial"] is False
+    assert result["date"] and "CPUs" in result["host"]
+    for key in ("trajectories_per_s_max", "rllib_trajectories_per_s", "matrl_trajectories_per_s", "rllib_val_reward",
+                "matrl_val_reward"):
+        assert positive(result[key]), key
+    assert result["matrl_trajectories_per_s"] == 11.0 and result["rllib_val_reward"] == 0.24  # means over rows
+    assert 0 <= result["learner_idle_async"] <= 1
+    assert result["gpu_reward_samples_per_s"] is None and result["reward_scaling_vs_control_min"] is None
+    [point] = result["points"]
+    check_point(point)
+    assert point["mode"] == "async" and result["trajectories_per_s_max"] == point["trajectories_per_s"]
+    [k1] = result["reward_scaling"]
+    assert k1["workers"] == 1 and positive(k1["control_calls_per_s"]) and k1["efficiency_vs_control"] == 1.0
+    assert k1["reward_samples_per_s"] == point["reward_samples_per_s"]
+    assert "efficiency vs control" in stdout and "| async | 1 | 1 | 0 |" in stdout
+
+
+@pytest.mark.slow
+def test_scaling_quick_measures_reward_scaling_against_the_control(tmp_path):
+    """`--quick` as documented (~3.5 min here): sync at 1 and 2 CPU reward workers with the control at
+    K = 1, 2, async at 2; the efficiency is the reward ratio over the control's."""
+    result, stdout = run_scaling(tmp_path)
+    assert tuple(result)[:len(KEYS)] == KEYS
+    assert [(p["cpu_reward"], p["mode"]) for p in result["points"]] == [(1, "sync"), (2, "sync"), (2, "async")]
     for p in result["points"]:
-        assert "error" not in p, p
-        assert p["gpu_reward"] == 0 and p["rollout"] == 1
-        for key in ("trajectories_per_s", "reward_samples_per_s", "iteration_s", "sample_s", "reward_s", "learn_s",
-                    "weight_sync_s"):
-            assert positive(p[key]), (key, p)
-        assert 0 <= p["learner_idle"] <= 1 and 0 <= p["rollout_idle"] <= 1, p
+        check_point(p)
     by_k = {p["cpu_reward"]: p for p in result["points"] if p["mode"] == "sync"}
     assert by_k[2]["buffer"] > by_k[1]["buffer"]  # the buffer grows with the reward workers
-    assert by_k[2]["minibatch"] == by_k[2]["buffer"] // 2
     scaling = {s["workers"]: s for s in result["reward_scaling"]}
     assert set(scaling) == {1, 2} and scaling[1]["efficiency_vs_control"] == 1.0
     s = scaling[2]
@@ -51,38 +87,11 @@ def check_points(result: dict, modes: set[str]) -> None:
     assert s["reward_samples_per_s"] == by_k[2]["reward_samples_per_s"]
     assert math.isclose(s["efficiency_vs_control"], (s["reward_samples_per_s"] / scaling[1]["reward_samples_per_s"])
                         / (s["control_calls_per_s"] / scaling[1]["control_calls_per_s"]))
+    assert positive(result["reward_scaling_vs_control_min"])
     assert result["reward_scaling_vs_control_min"] == s["efficiency_vs_control"]
     assert result["trajectories_per_s_max"] == max(p["trajectories_per_s"] for p in result["points"])
-
-
-def test_scaling_quick_core_writes_the_scaling_json_keys(tmp_path):
-    """Two real points (1 and 2 CPU reward workers, sync, one measured iteration each) and the control
-    at K = 1, 2; the rllib_* / matrl_* keys come from a rllib_baseline.py result file (~1.5 min)."""
-    rllib = tmp_path / "rllib_baseline.json"  # the shape benchmarks/rllib_baseline.py writes
-    rllib.write_text(json.dumps({"meta": {}, "rows": [
-        {"system": "matrl", "trajectories_per_s": 12.0, "val_reward": 0.29},
-        {"system": "rllib", "trajectories_per_s": 6.0, "val_reward": 0.24},
-        {"system": "matrl", "trajectories_per_s": 10.0, "val_reward": 0.27}]}))
-    result, stdout = run_scaling(tmp_path, "--modes", "sync", "--warmup", "0", "--iterations", "1",
-                                 "--control-s", "1", "--rllib-json", str(rllib))
-    assert tuple(result)[:len(KEYS)] == KEYS
-    assert result["date"] and "CPUs" in result["host"]
-    for key in ("trajectories_per_s_max", "reward_scaling_vs_control_min", "rllib_trajectories_per_s",
-                "matrl_trajectories_per_s", "rllib_val_reward", "matrl_val_reward"):
-        assert positive(result[key]), key
-    assert result["matrl_trajectories_per_s"] == 11.0 and result["rllib_val_reward"] == 0.24
-    assert result["gpu_reward_samples_per_s"] is None and result["learner_idle_async"] is None  # CPU, sync only
-    check_points(result, {"sync"})
-    assert "efficiency vs control" in stdout and "| sync | 1 | 2 | 0 |" in stdout
-
-
-@pytest.mark.slow
-def test_scaling_quick_runs_both_modes(tmp_path):
-    """`--quick` as documented: sync at 1 and 2 CPU reward workers, async at 2 (~2.5 min)."""
-    result, _ = run_scaling(tmp_path)
-    check_points(result, {"sync", "async"})
-    assert 0 <= result["learner_idle_async"] <= 1
-    assert result["rllib_trajectories_per_s"] is None  # no --rllib-json
+    assert 0 <= result["learner_idle_async"] <= 1 and result["rllib_trajectories_per_s"] is None
+    assert "| sync | 1 | 2 | 0 |" in stdout
 
 
 def test_scaling_points_and_sizes_follow_the_grid():
