@@ -71,7 +71,7 @@ def test_scaling_one_point_writes_the_scaling_json_keys(tmp_path):
 
 @pytest.mark.slow
 def test_scaling_quick_measures_reward_scaling_against_the_control(tmp_path):
-    """`--quick` as documented (~3.5 min here): sync at 1 and 2 CPU reward workers with the control at
+    """`--quick` as documented (2-3.5 min here): sync at 1 and 2 CPU reward workers with the control at
     K = 1, 2, async at 2; the efficiency is the reward ratio over the control's."""
     result, stdout = run_scaling(tmp_path)
     assert tuple(result)[:len(KEYS)] == KEYS
