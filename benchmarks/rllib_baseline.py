@@ -40,15 +40,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "benchmarks"):  # the project, and train_harness beside this script
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from train_harness import TINY_POLICY, bootstrap_init, median, policy_checkpoint, run_train_job  # noqa: E402
 
 SYSTEMS = ("matrl", "matrl-async", "rllib", "rllib-sync", "rllib-token")
 DEFAULT_SYSTEMS = ("matrl", "rllib", "rllib-sync", "rllib-token")
 QUICK_SETS = {"targets.synthetic.graphs": ["red_plastic", "brushed_steel"], "rollout.targets_per_worker": 2,
               "rollout.sampling.samples_per_target": 4, "ppo.minibatch": 4, "ppo.epochs": 1,
               "validation.targets": 2}
-TINY_POLICY = dict(node_dim=16, node_layers=1, node_heads=2, dim=32, layers=1, heads=2, mlp_ratio=2, max_slots=256)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -132,31 +134,13 @@ def base_overrides(args) -> dict:
 
 def make_init(args, job, run_dir: Path) -> Path:
     """The initial policy both systems start from."""
-    from policy.checkpoint import save_checkpoint
-
     if args.init is not None:
         return args.init
     if args.quick:
-        import torch
-
-        from policy.encoders import EncoderConfig
-        from policy.model import MaterialPolicy, PolicyConfig
-        from policy.tokenizer import Vocabulary
-
-        torch.manual_seed(0)
-        encoder = EncoderConfig()
-        policy = MaterialPolicy(PolicyConfig.for_encoder(encoder.build(), Vocabulary.from_registry(), **TINY_POLICY))
-        return save_checkpoint(run_dir / "init_quick", policy, encoder=encoder.model_dump())
-    if not job.init.startswith("pretrain:"):
-        return Path(job.init)
-    from matrl.jobs.pretrain import bootstrap_policy
-
-    boot = job.bootstrap
-    if boot.graphs is None and job.targets.synthetic.graphs:
-        boot = boot.model_copy(update={"graphs": job.targets.synthetic.graphs})
-    preset = job.init.split(":", 1)[1]
-    log(f"initial policy: {job.init} under {args.work / 'init'} (bootstrapped on the first run, then reused)")
-    return bootstrap_policy(preset, args.work / "init", boot, job.seed)
+        return policy_checkpoint(run_dir / "init_quick", TINY_POLICY)
+    if job.init.startswith("pretrain:"):
+        log(f"initial policy: {job.init} under {args.work / 'init'} (bootstrapped on the first run, then reused)")
+    return bootstrap_init(job, args.work / "init")
 
 
 # ---- the systems --------------------------------------------------------------------------------
@@ -164,7 +148,7 @@ def make_init(args, job, run_dir: Path) -> Path:
 def run_matrl(args, job, job_sets: dict, init: Path, address: str, run_dir: Path, fixed_cluster: bool,
               name: str = "matrl") -> tuple[dict, dict]:
     from matrl.config import load_config
-    from matrl.jobs.train import TrainJob, TrainJobConfig
+    from matrl.jobs.train import TrainJobConfig
     from policy.checkpoint import load_policy
 
     learner_gpus, per_rollout = gpu_layout(args.gpus, job.rollout.workers)
@@ -180,13 +164,8 @@ def run_matrl(args, job, job_sets: dict, init: Path, address: str, run_dir: Path
     out = run_dir / name
     while out.exists():  # a system listed twice (A/B/A/B runs under the same load) gets a fresh directory
         out = out.with_name(out.name + "+")
-    job = TrainJob(config, out, progress=False, fixed_cluster=fixed_cluster)
-    try:
-        summary = job.run()
-    finally:
-        job.close()
+    summary, metrics = run_train_job(config, out, fixed_cluster)
     policy, _ = load_policy(out / "checkpoints" / "latest")
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
     row = {"system": name, "mode": config.mode, "iterations": summary["iterations"],
            "trajectories": summary["trajectories"], "train_wall_s": summary["train_wall_s"],
            "stopped_by": summary["stopped_by"],
@@ -194,11 +173,6 @@ def run_matrl(args, job, job_sets: dict, init: Path, address: str, run_dir: Path
            **{f"median_{key.split('/')[-1]}": median([m.get(key, math.nan) for m in metrics])
               for key in ("iteration_s", "phase/sample_s", "phase/reward_s", "phase/rollout_s", "phase/learn_s")}}
     return row, policy.state_dict()
-
-
-def median(values: list[float]) -> float:
-    finite = sorted(v for v in values if isinstance(v, (int, float)) and math.isfinite(v))
-    return finite[len(finite) // 2] if finite else math.nan
 
 
 def run_rllib(args, job, init: Path, address: str, name: str) -> tuple[dict, dict]:

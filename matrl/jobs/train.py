@@ -684,6 +684,11 @@ class TrainJob:
                 metrics.update({"buffer_rows": stats["rows"], "buffer_bytes": stats["bytes"],
                                 "rollout_workers": len(self.rollouts),
                                 "learner_idle_fraction": min(1.0, update.get("wait_s", 0.0) / elapsed)})
+                # rollout work that landed this iteration over the workers' time (a rollout begun in the
+                # previous iteration counts here: a per-iteration estimate that averages out over iterations)
+                busy = sum(sum(r.get(k, 0.0) for k in ("sample_s", "reward_s", "pack_s", "buffer_put_s"))
+                           for r in finished)
+                metrics["rollout_idle_fraction"] = max(0.0, 1 - busy / (elapsed * max(1, len(self.rollouts))))
                 dropped = stats["dropped_stale"] - self.counts.get("_stale_dropped", 0)
                 self.counts["_stale_dropped"] = stats["dropped_stale"]
                 metrics["count/stale_dropped"] = dropped
