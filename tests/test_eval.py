@@ -141,26 +141,33 @@ def test_match_spreads_the_budget_over_structures_greedy_first(checkpoints):
     assert all(kinds.count("greedy") == 1 for kinds in per_structure.values())
     assert result.best_reward == max(c.reward for c in result.candidates)
     assert "retrieve" in result.timings_s and result.timings_s["total"] > 0 and math.isnan(result.random_floor_reward)
+    # what eval measures is the render the ranking scored: the same reward
+    image = torch.from_numpy(target.copy()).permute(2, 0, 1)[None].float() / 255
+    metrics = engine.reward.metric.evaluate(engine.render_graph(result.best_graph), image)
+    assert float(metrics["reward"][0]) == pytest.approx(result.best_reward, abs=1e-4)
 
 
 def test_dataset_rows_with_a_generated_structure(checkpoints, tmp_path):
     """`--data`: the rows of a gen-data test split, whose structure (here a generated one, not in the
-    library) is given to the pipeline as graph JSON."""
+    library) is given to the pipeline as graph JSON; the resolution defaults to the dataset's."""
     from learner.datagen import GenDataConfig, generate, with_generated_graphs
 
     graphs = with_generated_graphs({}, 4, seed=3)
     generate(GenDataConfig(out=tmp_path / "ds", per_graph=2, shard_size=2, res=64), graphs, use_ray=False,
              progress=False)
-    config = EvalConfig(data=tmp_path / "ds", targets=0, samples=2, res=64)
-    targets, skipped, source = load_targets(config)
+    targets, skipped, source = load_targets(EvalConfig(data=tmp_path / "ds", targets=0, res=64))
     assert targets and not skipped and "test split" in source
     assert all(t.structures[0].structure_id.startswith("gen_") and not t.structures[0].library for t in targets)
-    result = Evaluator([ModelSpec("A", checkpoints["A"])], config).run(targets, progress=False)
-    assert len(result.rows) == len(targets)
-    for row in result.rows:
-        assert row.ok and row.best_structure == row.target.rsplit("/", 1)[1]
-        assert math.isfinite(row.reward) and math.isfinite(row.lpips)
-        assert row.reward == pytest.approx(row.ranking_reward, abs=1e-4)  # the measured render is the ranked one
+    out = tmp_path / "out"
+    assert main(["eval", "--checkpoint", str(checkpoints["A"]), "--data", str(tmp_path / "ds"), "--targets", "0",
+                 "--samples", "2", "--no-progress", "--out", str(out)]) == 0
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(targets)
+    for row in rows:
+        assert row["ok"] == "True" and row["best_structure"] == row["target"].rsplit("/", 1)[1]
+        assert math.isfinite(float(row["reward"])) and math.isfinite(float(row["lpips"]))
+    assert json.loads((out / "summary.json").read_text())["config"]["res"] == 64
 
 
 def test_real_photos_with_retrieved_structures(checkpoints, real_photos_dir):
@@ -203,6 +210,9 @@ def test_the_interval_is_students_t():
     (["--res", "100"], "--res"),
     (["--baseline", "/nonexistent/ck"], "--baseline"),
     (["--labels", "A,B"], "--labels"),
+    (["--device", "banana"], "--device"),
+    (["--seed", "-1"], "--seed"),
+    (["--targets", "-1"], "--targets"),
 ])
 def test_bad_arguments_fail_with_one_line_naming_the_culprit(checkpoints, tmp_path, capsys, argv, culprit):
     try:
