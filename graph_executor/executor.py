@@ -58,6 +58,39 @@ def _value_tensor(spec: ParamSpec, values: list[Any], device) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32, device=device)
 
 
+_COLUMN_DTYPES = {ParamKind.BOOL: torch.bool, ParamKind.ENUM: torch.long, ParamKind.INT: torch.long}
+
+
+def _column_tensor(spec: ParamSpec, column: Any, batch: int, node: str, device) -> torch.Tensor:
+    """One parameter's column as the tensor `_value_tensor` would make, after a bulk check."""
+    values = torch.as_tensor(column)
+    shape = (batch,) if spec.components == 1 and spec.kind not in (ParamKind.COLOR, ParamKind.VECTOR) \
+        else (batch, spec.components)
+    if tuple(values.shape) != shape:
+        raise GraphError(f"column of shape {tuple(values.shape)}, expected {shape}", node, spec.name)
+    kind = spec.kind
+    if kind is ParamKind.BOOL:
+        if values.dtype is not torch.bool:
+            raise GraphError(f"expected a bool column, got {values.dtype}", node, spec.name)
+    elif kind in (ParamKind.ENUM, ParamKind.INT):
+        if values.dtype.is_floating_point or values.dtype.is_complex or values.dtype is torch.bool:
+            raise GraphError(f"expected an integer column, got {values.dtype}", node, spec.name)
+        low, high = (0, len(spec.choices) - 1) if kind is ParamKind.ENUM else (spec.low, spec.high)
+        if batch and not bool(((values >= low) & (values <= high)).all()):
+            bad = values[~((values >= low) & (values <= high))][0].item()
+            raise GraphError(f"value {bad} is outside [{low}, {high}]", node, spec.name)
+    else:
+        if values.dtype.is_complex or values.dtype is torch.bool:
+            raise GraphError(f"expected a numeric column, got {values.dtype}", node, spec.name)
+        values = values.double() if values.dtype.is_floating_point else values.long()
+        if batch and not bool(torch.isfinite(values).all()):
+            raise GraphError(f"value {values[~torch.isfinite(values)][0].item()} is not finite", node, spec.name)
+        if batch and not bool(((values >= spec.low) & (values <= spec.high)).all()):
+            bad = values[~((values >= spec.low) & (values <= spec.high))][0].item()
+            raise GraphError(f"value {bad} is outside [{spec.low}, {spec.high}]", node, spec.name)
+    return values.to(device=device, dtype=_COLUMN_DTYPES.get(kind, torch.float32))
+
+
 @dataclass
 class _Step:
     name: str
@@ -101,6 +134,30 @@ class Plan:
                 vals = [spec.check(s.get(n.name, {}).get(spec.name, n.params[spec.name]), n.name)
                         for s in param_sets]
                 out[n.name][spec.name] = _value_tensor(spec, vals, device)
+        return out
+
+    def stack_columns(self, columns: Mapping[str, Mapping[str, Any]], batch: int,
+                      device: str | torch.device = "cpu") -> ParamTensors:
+        """`stack` for values given per parameter as columns (numpy arrays or tensors) instead of per sample.
+
+        A column is (batch,) for scalars or (batch, K) for colours/vectors; floats as floats, ints
+        as ints, enums as choice indices, bools as bools (what `GraphTokenizer.param_columns`
+        makes). Parameters without a column take the graph's value. Columns are checked in bulk
+        (finite, in range, valid enum index) and a bad one raises GraphError naming the node and
+        parameter; the tensors equal `stack`'s for the same values.
+        """
+        self.graph.check_overrides(columns)
+        out: ParamTensors = {}
+        for n in self.graph.nodes.values():
+            out[n.name] = {}
+            given = columns.get(n.name, {})
+            for spec in n.spec.params:
+                if spec.name in given:
+                    out[n.name][spec.name] = _column_tensor(spec, given[spec.name], batch, n.name, device)
+                else:
+                    value = spec.check(n.params[spec.name], n.name)
+                    one = _value_tensor(spec, [value], device)
+                    out[n.name][spec.name] = one.expand(batch, *one.shape[1:]).contiguous()
         return out
 
     def run(self, params: ParamTensors, res: int = 256, seed: int | Sequence[int] | torch.Tensor = 0,

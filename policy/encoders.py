@@ -67,6 +67,7 @@ class EfficientNetLite0Encoder(ImageEncoder):
     token_dim = 1280
     num_tokens = 49
     pooled_dim = 1280
+    token_range = (0.0, 6.0)  # the head's BatchNorm + ReLU6: observation bounds for gym environments
 
     def __init__(self, weights: str | Path | None = None, trainable: bool = False):
         super().__init__(trainable)

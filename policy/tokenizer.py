@@ -313,6 +313,38 @@ class GraphTokenizer:
                     node_params[slot.param] = value
         return out
 
+    def invalid_rows(self, tokens: np.ndarray) -> np.ndarray:
+        """(B,) bool: the rows of (B, S) tokens that `detokenize` would refuse (a token outside its
+        slot's valid range). One vectorised comparison, so a batch is screened without Python loops."""
+        array = np.asarray(tokens)
+        return ((array < 0) | (array >= self._valid[None, :])).any(1)
+
+    def param_columns(self, tokens: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+        """(B, S) valid tokens -> `{node: {param: column}}` of the predicted parameters, vectorised.
+
+        The fast twin of `detokenize_batch` for executors: each column holds what `Plan.stack`
+        would make of the dequantised values — float64 for floats (B,) and colours/vectors (B, K),
+        int64 for ints and enum indices, bool for bools — so `Plan.stack_columns(columns)` equals
+        `Plan.stack(detokenize_batch(tokens))` exactly, without B Python dicts (a 102-parameter
+        graph: ~0.6 ms per sample through dicts and per-sample validation, µs per batch here).
+        Invalid tokens raise GraphError naming the first culprit, as `detokenize_batch` does.
+        """
+        array = np.asarray(_as_numpy(tokens))
+        if array.ndim != 2:
+            raise GraphError(f"expected (batch, {len(self.slots)}) tokens, got shape {array.shape}")
+        self._check_tokens(array)
+        out: dict[str, dict[str, np.ndarray]] = {}
+        pending: dict[tuple[str, str], list[np.ndarray]] = {}
+        for slot in self.slots:
+            column = _dequantise_array(slot.spec, array[:, slot.index].astype(np.int64))
+            if slot.spec.kind in (ParamKind.COLOR, ParamKind.VECTOR):
+                pending.setdefault((slot.node, slot.param), []).append(column)
+            else:
+                out.setdefault(slot.node, {})[slot.param] = column
+        for (node, param), parts in pending.items():
+            out.setdefault(node, {})[param] = np.stack(parts, 1)
+        return out
+
     def _check_tokens(self, array: np.ndarray) -> np.ndarray:
         if array.shape[1] != len(self.slots):
             raise GraphError(f"expected {len(self.slots)} tokens (one per slot) for graph "
@@ -343,6 +375,26 @@ def _dequantise_column(spec: ParamSpec, tokens: np.ndarray) -> list:
     if width <= 0:
         return [float(spec.low)] * len(tokens)
     return (spec.low + (tokens + 0.5) / VALUE_BINS * width).tolist()
+
+
+def _dequantise_array(spec: ParamSpec, tokens: np.ndarray) -> np.ndarray:
+    """`_dequantise_column` as a numpy array in the form `Plan.stack` tensors are made from:
+    bool, int64 (ints and enum indices) or float64 (same arithmetic, so the same values)."""
+    kind = spec.kind
+    if kind is ParamKind.BOOL:
+        return tokens == 1
+    if kind is ParamKind.ENUM:
+        return tokens.astype(np.int64)
+    if kind is ParamKind.INT:
+        low, high = _int_range(spec)
+        count = high - low + 1
+        if count <= VALUE_BINS:
+            return low + tokens
+        return low + ((tokens + 0.5) * count // VALUE_BINS).astype(np.int64)
+    width = spec.high - spec.low
+    if width <= 0:
+        return np.full(len(tokens), float(spec.low))
+    return spec.low + (tokens + 0.5) / VALUE_BINS * width
 
 
 def _as_numpy(tokens) -> Any:

@@ -10,7 +10,7 @@ from graph_executor.executor import SUPPORTED_RES
 
 
 CPU_PIXELS_PER_CALL = 256 * 256
-CUDA_SAMPLES_PER_CALL = 256
+CUDA_SAMPLES_PER_CALL = 1024
 
 
 class MetricConfig(BaseModel):
@@ -58,6 +58,19 @@ class RewardConfig(BaseModel):
                                                         "(reward_service.allocator); affects the whole process")
     micro_batch: int | None = Field(None, ge=1, description="samples per executor and CNN call (timeouts are "
                                     "checked between calls); None: `samples_per_call`'s per-device default")
+    compile: bool = Field(False, description="run the executor's node functions and the renderer through "
+                          "torch.compile (graph_executor.compiled): ~2-3x on a GPU once compiled, but every new "
+                          "batch size compiles first (minutes), so chunks are padded to power-of-two sizes")
+    cnn_autocast: Literal["off", "bfloat16"] = Field("off", description="autocast of the reward CNN's "
+                                                     "convolutions (Gram matrices and L*a*b* stay float32): "
+                                                     "rewards move by up to 6.4e-3, 1.1e-3 on average "
+                                                     "(benchmarks/reward_precision.py, docs/reward.md)")
+    tf32: bool = Field(True, description="CUDA: TF32 in the reward CNN's convolutions (cuDNN; PyTorch's own "
+                       "default), ~1.6x float32's speed on an H200; rewards move by at most 5.5e-4. The "
+                       "executor's matmuls stay float32")
+    batched_validation: bool = Field(True, description="decode tokens and validate parameters for the whole "
+                                     "request at once (a culprit is then found per sample); False: the per-sample "
+                                     "reference path")
     failure_reward: float = -1.0
     default_timeout_s: float = Field(120.0, gt=0)
     plan_cache_size: int = Field(64, ge=1)
@@ -72,9 +85,11 @@ class RewardConfig(BaseModel):
     @property
     def samples_per_call(self) -> int:
         """`micro_batch`, else on CPU as many samples as make 256² pixels (1 at 256², 4 at 128²) and
-        256 on CUDA. On CPU a call that small keeps its intermediates in the core's caches: with 60
+        1,024 on CUDA. On CPU a call that small keeps its intermediates in the core's caches: with 60
         workers on a 64-core host, 1 sample per call at 256² scored 549 samples/s against 423 with 4
-        (docs/benchmarks.md). A GPU needs large batches to be busy."""
+        (docs/benchmarks.md). A GPU needs large batches to be busy: on an H200 the eager executor
+        renders the median library graph at 3,810 samples/s in batches of 256 and 7,298 in batches of
+        2,048 (docs/benchmarks.md, "Reward on a GPU")."""
         if self.micro_batch is not None:
             return self.micro_batch
         if self.device.split(":")[0] == "cpu":

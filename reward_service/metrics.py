@@ -71,12 +71,21 @@ class AppearanceMetric:
         self.lab_weights = torch.tensor(config.lab_weights, dtype=torch.float32).view(1, 3, 1, 1)
         self.lpips_name = f"lpips_{info.short_name}"
 
-    def describe(self, images: torch.Tensor, keep_features: bool = False, grad: bool = False) -> Descriptor:
-        """Descriptor of sRGB images (B,3,H,W) in [0,1], any size (resized to image_res). `grad=True`
-        keeps the autograd graph back to `images` (the reward as a loss, `matrl.infer.refine`)."""
+    def describe(self, images: torch.Tensor, keep_features: bool = False, grad: bool = False,
+                 autocast: torch.dtype | None = None) -> Descriptor:
+        """Descriptor of sRGB images (B,3,H,W) in [0,1], any size (resized to image_res).
+
+        `grad=True` keeps the autograd graph back to `images` (the reward as a loss,
+        `matrl.infer.refine`). `autocast` (e.g. torch.bfloat16) runs the backbone's convolutions at
+        that precision; the resize, the Gram matrices and the L*a*b* term stay float32 (features are
+        cast back first).
+        """
         with torch.set_grad_enabled(grad):
             images = resize_images(images.float(), self.config.image_res)
-            feats = self.backbone.stages(images)
+            with torch.autocast(images.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+                feats = self.backbone.stages(images)
+            if autocast is not None:
+                feats = [f.float() for f in feats]
             return Descriptor([gram(f) for f in feats], pooled_lab(images, self.config.lab_pool),
                               feats if keep_features else None)
 

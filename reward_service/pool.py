@@ -27,6 +27,7 @@ import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import ray
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -62,13 +63,32 @@ class PoolConfig(BaseModel):
     max_target_store_bytes: int = Field(1 << 30, ge=1, description="encoded bytes of the targets put under "
                                         "keys that the pool keeps (to give them to new or restarted "
                                         "workers); least recently used keys are dropped beyond it")
+    gpu_workers: int = Field(0, ge=0, description="GPU reward workers beside the CPU ones (a fixed count; "
+                                                  "resizes change the CPU workers)")
+    num_gpus_per_worker: float = Field(0.25, gt=0, le=1, description="GPU share Ray reserves per GPU worker "
+                                       "(fractions put several workers on one GPU)")
+    gpu_resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources per GPU "
+                                            "worker (e.g. a GPU node type's)")
+    gpu_device: str = Field("cuda", description="device of the GPU workers' RewardConfig; 'cpu' runs the "
+                            "big-task worker kind without a GPU (and without reserving one): tests, dispatch "
+                            "measurements")
+    gpu_task_samples: int = Field(4096, ge=1, description="rows per task sent to a GPU worker; a CPU worker "
+                                  "takes the server's chunk_samples")
+    gpu_overrides: dict[str, Any] = Field(default_factory=dict, description="RewardConfig fields that differ on "
+                                          "GPU workers (e.g. {compile: true, cnn_autocast: bfloat16})")
 
     @model_validator(mode="after")
     def _check(self) -> "PoolConfig":
         if not self.min_workers <= self.workers <= self.max_workers:
             raise ValueError(f"workers {self.workers} outside [min_workers {self.min_workers}, "
                              f"max_workers {self.max_workers}]")
+        if "device" in self.gpu_overrides:
+            raise ValueError("gpu_overrides: set the GPU workers' device with gpu_device")
         return self
+
+    @property
+    def gpu_uses_gpu(self) -> bool:
+        return not self.gpu_device.startswith("cpu")
 
 
 class MissingTarget(KeyError):
@@ -193,6 +213,7 @@ class WorkerSlot:
     in_flight: int = 0
     dispatched: int = 0
     pid: int | None = None  # of the actor's process once ready: a restart changes it
+    gpu: bool = False  # a GPU worker: takes `gpu_task_samples` rows per task, not counted by resizes
 
 
 class RewardPool:
@@ -201,6 +222,8 @@ class RewardPool:
     def __init__(self, reward_config: RewardConfig = RewardConfig(), config: PoolConfig = PoolConfig()):
         self.reward_config = reward_config
         self.config = config
+        self.gpu_reward_config = RewardConfig(**{**reward_config.model_dump(), **config.gpu_overrides,
+                                                 "device": config.gpu_device})
         self.slots: list[WorkerSlot] = []
         self.size = 0
         self.targets: OrderedDict[str, tuple[bytes, int]] = OrderedDict()  # key -> (image, version), LRU first
@@ -216,7 +239,22 @@ class RewardPool:
     # ---- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> "RewardPool":
         await self.resize(self.config.workers)
+        await self._start_gpu_workers(self.config.gpu_workers)
         return self
+
+    async def _start_gpu_workers(self, count: int) -> None:
+        """Start the GPU workers (their count is fixed; `resize` changes the CPU workers)."""
+        if not count:
+            return
+        self._bind_loop()
+        fresh = [WorkerSlot(f"reward-gpu-worker-{next(self._names)}", self._new_actor(gpu=True), gpu=True)
+                 for _ in range(count)]
+        self.slots.extend(fresh)
+        results = await asyncio.gather(*(self._start_slot(s) for s in fresh), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            self._abandon_growth(fresh)
+            raise PoolUnavailable(f"{len(failed)} of {count} GPU reward workers failed to start: {failed[0]!r}")
 
     async def close(self) -> None:
         for task in list(self._background):
@@ -246,9 +284,15 @@ class RewardPool:
         task.add_done_callback(self._background.discard)
         return task
 
-    def _new_actor(self) -> ray.actor.ActorHandle:
-        return RewardWorkerActor.options(num_cpus=self.config.num_cpus, resources=self.config.resources or None,
-                                         max_restarts=self.config.max_restarts,
+    def _new_actor(self, gpu: bool = False) -> ray.actor.ActorHandle:
+        cfg = self.config
+        if gpu:
+            return RewardWorkerActor.options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus_per_worker
+                                             if cfg.gpu_uses_gpu else 0, resources=cfg.gpu_resources or None,
+                                             max_restarts=cfg.max_restarts,
+                                             max_task_retries=0).remote(self.gpu_reward_config)
+        return RewardWorkerActor.options(num_cpus=cfg.num_cpus, resources=cfg.resources or None,
+                                         max_restarts=cfg.max_restarts,
                                          max_task_retries=0).remote(self.reward_config)
 
     async def _await_ready(self, actor, timeout_s: float) -> int:
@@ -271,10 +315,12 @@ class RewardPool:
 
     # ---- resizing --------------------------------------------------------------------------------
     def size_limit(self) -> int:
-        """The largest pool a resize may ask for: `max_workers`, and no more workers than the
-        cluster's CPUs hold at `num_cpus` each (ray.cluster_resources(): the nodes there now)."""
+        """The largest pool a resize may ask for: `max_workers`, and no more CPU workers than the
+        cluster's CPUs hold at `num_cpus` each beside the GPU workers (ray.cluster_resources(): the
+        nodes there now)."""
         cpus = float(ray.cluster_resources().get("CPU", 0.0))
-        return min(self.config.max_workers, int(cpus / self.config.num_cpus + 1e-9))
+        gpu_workers = sum(s.gpu for s in self.slots)
+        return max(0, min(self.config.max_workers, int(cpus / self.config.num_cpus + 1e-9) - gpu_workers))
 
     def check_size(self, workers: int) -> None:
         """InvalidSize outside [min_workers, max_workers]; InsufficientResources beyond the cluster."""
@@ -301,7 +347,7 @@ class RewardPool:
         self.check_size(workers)
         self._bind_loop()
         async with self._resizing:
-            active = [s for s in self.slots if s.state is not SlotState.DRAINING]
+            active = [s for s in self.slots if s.state is not SlotState.DRAINING and not s.gpu]
             if len(active) < workers:
                 self.size = workers
                 fresh = [WorkerSlot(f"reward-worker-{next(self._names)}", self._new_actor())
@@ -333,7 +379,7 @@ class RewardPool:
         for slot in fresh:
             if slot.state is SlotState.STARTING:
                 self._remove(slot)
-        self.size = sum(s.state is not SlotState.DRAINING for s in self.slots)
+        self.size = sum(s.state is not SlotState.DRAINING and not s.gpu for s in self.slots)
         self._notify()
 
     async def _drain(self, slot: WorkerSlot) -> None:
@@ -364,7 +410,7 @@ class RewardPool:
             if slot not in self.slots:
                 return
             log.warning("%s did not come back (%s); replacing it", slot.name, type(err).__name__)
-            slot.actor = self._new_actor()
+            slot.actor = self._new_actor(slot.gpu)
             try:
                 pid = await self._await_ready(slot.actor, self.config.ready_timeout_s)
             except (RayActorError, asyncio.TimeoutError) as again:
@@ -485,19 +531,68 @@ class RewardPool:
         """
         self._bind_loop()
         deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.config.ready_timeout_s)
+        return await self._run_task(request, deadline, timeout_s is not None)
+
+    async def score_split(self, request: ScoreRequest, timeout_s: float | None = None,
+                          task_samples: int = 64) -> list[ScoreResult]:
+        """Score a request of any size as tasks cut while workers become free: each free worker (least
+        in flight first) takes the next `task_samples` rows, a GPU worker the next `gpu_task_samples`.
+
+        Task sizes thus follow the worker kind: a CPU worker scores ~20 samples/s and a 64-row task
+        keeps it busy for seconds, while a GPU worker needs thousands of rows per call to be faster
+        than its launch and transfer overheads. Rows are cut only when a worker can take them, so a
+        fast worker that comes back early takes the next slice and a mixed pool balances by
+        throughput. Errors and the deadline behave as in `score`; the first failed task cancels the
+        others.
+        """
+        self._bind_loop()
+        n = len(request.seeds)
+        deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.config.ready_timeout_s)
+        bounded = timeout_s is not None
+        if n == 0 or (n <= task_samples and not any(s.gpu for s in self.slots)):
+            return await self._run_task(request, deadline, bounded)
+        running: list[tuple[int, asyncio.Task]] = []
+        lo = 0
+        try:
+            while lo < n:
+                for _, task in running:
+                    if task.done() and task.exception() is not None:
+                        raise task.exception()
+                slot = await self._acquire(deadline)
+                size = self.config.gpu_task_samples if slot.gpu else task_samples
+                part = _rows(request, lo, lo + size)
+                task = asyncio.ensure_future(self._run_task(part, deadline, bounded, slot))
+                task.add_done_callback(_retrieve)
+                running.append((lo, task))
+                lo += size
+            done, _ = await asyncio.wait([t for _, t in running], return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                if task.exception() is not None:
+                    raise task.exception()
+            return [result for _, task in sorted(running, key=lambda item: item[0]) for result in task.result()]
+        finally:
+            for _, task in running:
+                task.cancel()
+
+    async def _run_task(self, request: ScoreRequest, deadline: float, bounded: bool,
+                        slot: WorkerSlot | None = None) -> list[ScoreResult]:
+        """One task until it is scored: on `slot` if given (already counted in flight), else on the
+        least-loaded worker; again elsewhere if the worker dies (see `score`)."""
         failures: list[str] = []
         key = request.target if isinstance(request.target, str) else None
         while True:
             version = None
             if key is not None:
                 if key not in self.targets:
+                    if slot is not None:
+                        self._release(slot)
                     raise UnknownTarget(f"target: unknown target key {key!r}; register it with PutTarget")
                 version = self.targets[key][1]
-            slot = await self._acquire(deadline)
+            if slot is None:
+                slot = await self._acquire(deadline)
             task_id = f"t{next(self._task_ids)}"
             remaining = deadline - time.monotonic()
-            ref = slot.actor.score.remote(request, time.time() + remaining if timeout_s is not None else None,
-                                          task_id, version)
+            ref = slot.actor.score.remote(request, time.time() + remaining if bounded else None, task_id, version)
             done = asyncio.wrap_future(ref.future())
             try:
                 results = await asyncio.wait_for(asyncio.shield(done), max(remaining, 0.0))
@@ -511,6 +606,7 @@ class RewardPool:
                 if len(failures) >= self.config.max_attempts:
                     raise WorkerCrashed(f"the task's worker died {len(failures)} times: {failures}") from None
                 self.counters["retries"] += 1
+                slot = None
                 continue
             except MissingTarget:
                 self._release(slot)
@@ -518,6 +614,7 @@ class RewardPool:
                 if len(failures) >= self.config.max_attempts + 1:
                     raise WorkerCrashed(f"could not place the target on a worker: {failures}") from None
                 await self._give_target(slot, key)
+                slot = None
                 continue
             except BaseException:
                 self._release(slot)
@@ -554,7 +651,8 @@ class RewardPool:
     # ---- reporting -------------------------------------------------------------------------------
     def status(self) -> dict[str, int]:
         count = {state: sum(s.state is state for s in self.slots) for state in SlotState}
-        return {"workers": self.size, "ready": count[SlotState.READY], "starting": count[SlotState.STARTING],
+        gpu = sum(s.gpu for s in self.slots)  # counted in `workers`; resizes change the CPU workers only
+        return {"workers": self.size + gpu, "ready": count[SlotState.READY], "starting": count[SlotState.STARTING],
                 "recovering": count[SlotState.RECOVERING], "draining": count[SlotState.DRAINING],
                 "in_flight": sum(s.in_flight for s in self.slots), "targets": len(self.targets),
                 "target_bytes": self.target_bytes, **self.counters}
@@ -562,6 +660,19 @@ class RewardPool:
     async def worker_stats(self) -> list[dict[str, int]]:
         ready = [s for s in self.slots if s.state is SlotState.READY]
         return list(await asyncio.gather(*(s.actor.stats.remote() for s in ready)))
+
+
+def _retrieve(task: asyncio.Task) -> None:
+    """Mark a task's exception as seen (a sibling's failure is the one reported)."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _rows(request: ScoreRequest, lo: int, hi: int) -> ScoreRequest:
+    """Rows [lo, hi) of a request (same structure, target and deadline)."""
+    return dataclasses.replace(request, seeds=request.seeds[lo:hi],
+                               param_sets=None if request.param_sets is None else request.param_sets[lo:hi],
+                               tokens=None if request.tokens is None else request.tokens[lo:hi])
 
 
 __all__ = ["DeadlinePassed", "InsufficientResources", "InvalidSize", "MissingTarget", "PoolConfig", "PoolUnavailable",

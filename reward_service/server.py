@@ -2,7 +2,8 @@
 DescribeGraph, Resize (administrative), GetPoolStatus; health, server reflection, token auth, TLS.
 
 Every request is decoded and checked here (Arrow schema, graph, target key) before any worker
-sees it, then split into tasks of at most `chunk_samples` rows that the pool scores in parallel.
+sees it; the pool then cuts each group into tasks as workers become free (`RewardPool.score_split`:
+`chunk_samples` rows for a CPU worker, `PoolConfig.gpu_task_samples` for a GPU worker).
 Failures become gRPC statuses whose message names the culprit (docs/reward_api.md,
 proto/reward.proto).
 
@@ -66,7 +67,8 @@ class ServerConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
     max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, ge=1024)
-    chunk_samples: int = Field(64, ge=1, description="rows per worker task; larger groups are split")
+    chunk_samples: int = Field(64, ge=1, description="rows per CPU worker task; larger groups are split (GPU "
+                               "workers take PoolConfig.gpu_task_samples rows)")
     tls_cert: Path | None = None
     tls_key: Path | None = None
     insecure: bool = Field(False, description="allow plaintext on a non-loopback host")
@@ -169,10 +171,11 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             for group in decoded.groups:
                 self._check_group(group)
             decoded_at = time.perf_counter()
-            tasks = [chunk for group in decoded.groups for chunk in group.chunks(self.config.chunk_samples)]
+            tasks = decoded.groups
             timeout = None if time_remaining is None else time_remaining - (decoded_at - start)
             outputs = await _first_failure_cancels_rest(
-                self.pool.score(t.to_request(request.request_id), timeout) for t in tasks)
+                self.pool.score_split(t.to_request(request.request_id), timeout, self.config.chunk_samples)
+                for t in tasks)
         except Exception as err:  # noqa: BLE001 — every failure becomes a status naming its cause
             raise _failure(err) from None
         scored_at = time.perf_counter()

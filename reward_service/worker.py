@@ -9,6 +9,7 @@ an unparsable graph — gives that sample `failure_reward`, ok=False and a reaso
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -17,8 +18,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
+from graph_executor.compiled import compiled as compiled_fn
 from graph_executor.errors import GraphError
-from graph_executor.executor import Plan
+from graph_executor.executor import MaterialMaps, ParamTensors, Plan
 from graph_executor.ir import Graph, loads_graph
 from graph_executor.render import render_flash
 from reward_service.allocator import retain_freed_memory
@@ -26,6 +28,7 @@ from reward_service.api import LIBRARY_PREFIX, RequestError, ScoreRequest, Score
 from reward_service.config import RewardConfig
 from reward_service.images import ImageError, decode_image
 from reward_service.metrics import AppearanceMetric, Descriptor
+from reward_service.timing import PHASES, PhaseTimer
 
 @dataclass
 class _Compiled:
@@ -120,6 +123,9 @@ class RewardWorker:
         self.metric.backbone.to(self.device)
         self.metric.stage_scales = self.metric.stage_scales.to(self.device)
         self.metric.lab_weights = self.metric.lab_weights.to(self.device)
+        self.autocast = torch.bfloat16 if config.cnn_autocast == "bfloat16" else None
+        if self.device.type == "cuda":  # process-wide, like torch_threads: a worker owns its process
+            torch.backends.cudnn.allow_tf32 = config.tf32
         self.plans = _LRU(config.plan_cache_size)
         self.targets = _LRU(config.target_cache_size)
         self.target_store = TargetStore(config.target_store_bytes)
@@ -129,7 +135,7 @@ class RewardWorker:
     def put_target(self, key: str, image: np.ndarray | torch.Tensor | bytes) -> None:
         """Keep a target's descriptor under `key`, so requests can name it instead of shipping pixels
         (bounded: `TargetStore`). A bad image raises RequestError and leaves the key as it was."""
-        descriptor = self.metric.describe(self._decode_target(image).to(self.device))
+        descriptor = self.metric.describe(self._decode_target(image).to(self.device), autocast=self.autocast)
         self.target_store.put(key, descriptor)
 
     def drop_target(self, key: str) -> bool:
@@ -189,7 +195,7 @@ class RewardWorker:
                                f"got {type(target).__name__}")
         cached = self.targets.lookup(key)
         if cached is None:
-            cached = self.metric.describe(self._decode_target(target).to(self.device))
+            cached = self.metric.describe(self._decode_target(target).to(self.device), autocast=self.autocast)
             self.targets.put(key, cached)
         return cached
 
@@ -207,18 +213,16 @@ class RewardWorker:
             self.plans.put(key, cached)
         return cached
 
-    def _decode_tokens(self, compiled: _Compiled, tokens: list[int]) -> dict:
-        if compiled.tokenizer is None:
-            from policy.tokenizer import GraphTokenizer
-            compiled.tokenizer = GraphTokenizer(compiled.graph)
-        return compiled.tokenizer.detokenize(tokens)
-
     # ---- scoring ---------------------------------------------------------------------------------
     def score(self, request: ScoreRequest, cancelled: Callable[[], bool] | None = None) -> list[ScoreResult]:
         """One result per sample, in order. Raises RequestError only for a malformed request.
 
         `cancelled` (optional) is asked between micro-batches, like the timeout: once it answers
         True the remaining samples fail with a `cancelled:` reason (the caller gave up on them).
+
+        The whole request is decoded and validated at once (`_prepare`), moved to the device in
+        one copy, then executed, rendered and scored in calls of `samples_per_call` samples, each
+        ending in one device-to-host transfer of its rewards, terms and finiteness flags.
         """
         start = time.perf_counter()
         timeout = request.timeout_s if request.timeout_s is not None else self.config.default_timeout_s
@@ -244,67 +248,42 @@ class RewardWorker:
         self.counters["requests"] += 1
         self.counters["samples"] += n
         results: list[ScoreResult | None] = [None] * n
-        timings = {"prepare": 0.0, "execute": 0.0, "render": 0.0, "reward": 0.0}
+        timer = PhaseTimer(self.device)
 
         def fail(i: int, reason: str) -> None:
             results[i] = ScoreResult(self.config.failure_reward, {}, False, reason)
+
+        def stop(rows: list[int], stage: str) -> None:
+            for i in rows:
+                if results[i] is None:
+                    fail(i, f"{stopped} before this sample{stage}")
+                    self.counters["cancelled" if stopped.startswith("cancelled") else "timeouts"] += 1
 
         try:
             compiled = self._compiled(request.structure)
         except Exception as err:  # an unparsable/unknown structure fails every sample, never the worker
             for i in range(n):
                 fail(i, f"structure: {_short(err)}")
-            return self._finish(results, timings, start, n)
+            return self._finish(results, timer, start, n)
 
-        overrides: dict[int, dict] = {}
-        for i, sample in enumerate(samples):
-            try:
-                ps = sample if request.param_sets is not None else self._decode_tokens(compiled, sample)
-                compiled.plan.stack([ps])  # validates every value; names node and parameter
-                overrides[i] = ps
-            except Exception as err:
-                fail(i, _short(err))
-        timings["prepare"] = time.perf_counter() - start
+        good, params = self._prepare(compiled, request, fail, timer)
+        seeds = torch.tensor([int(request.seeds[i]) for i in good], dtype=torch.long)
+        if good and self.device.type != "cpu":
+            params, seeds = _to_device(params, self.device), seeds.to(self.device)
+        timer.lap("validate")
 
-        good = list(overrides)
-        images: dict[int, torch.Tensor] = {}
-        for lo in range(0, len(good), self.config.samples_per_call):
+        step = self.config.samples_per_call
+        for lo in range(0, len(good), step):
+            rows = good[lo:lo + step]
             if expired():
+                stop(good[lo:], " was executed")
                 break
-            chunk = good[lo:lo + self.config.samples_per_call]
-            images.update(self._render_chunk(compiled.plan, chunk, overrides, request.seeds, fail, timings))
-
-        for i in good:
-            if i not in images and results[i] is None:
-                fail(i, f"{stopped} before this sample was executed")
-                self.counters["cancelled" if stopped.startswith("cancelled") else "timeouts"] += 1
-
-        t = time.perf_counter()
-        done = [i for i in good if i in images]
-        for lo in range(0, len(done), self.config.samples_per_call):
-            chunk = done[lo:lo + self.config.samples_per_call]
-            if expired():
-                for i in chunk:
-                    fail(i, f"{stopped} before this sample's reward was computed")
-                self.counters["cancelled" if stopped.startswith("cancelled") else "timeouts"] += len(chunk)
-                continue
-            try:
-                pred = self.metric.describe(torch.cat([images[i] for i in chunk]))
-                terms = self.metric.terms(pred, target)
-                rewards = self.metric.reward(terms)
-            except Exception as err:
-                for i in chunk:
-                    fail(i, f"reward: {_short(err)}")
-                continue
-            for j, i in enumerate(chunk):
-                value = float(rewards[j])
-                sample_terms = {k: float(v[j]) for k, v in terms.items()}
-                if not np.isfinite(value):
-                    fail(i, f"reward: non-finite reward {value} (terms {sample_terms})")
-                else:
-                    results[i] = ScoreResult(value, sample_terms)
-        timings["reward"] = time.perf_counter() - t
-        return self._finish(results, timings, start, n)
+            chunk = {node: {k: v[lo:lo + step] for k, v in ps.items()} for node, ps in params.items()}
+            for i, result in self._score_chunk(compiled.plan, rows, chunk, seeds[lo:lo + step], target,
+                                               expired, timer).items():
+                results[i] = result
+            stop(rows, "'s reward was computed")  # rows the deadline caught between execution and reward
+        return self._finish(results, timer, start, n)
 
     def score_many(self, requests: list[ScoreRequest], timeout_s: float | None = None) -> list[list[ScoreResult]]:
         """Several requests one after the other (the in-process twin of `RewardClient.score_many`)."""
@@ -314,51 +293,171 @@ class RewardWorker:
             requests = [dataclasses.replace(r, timeout_s=timeout_s) if r.timeout_s is None else r for r in requests]
         return [self.score(r) for r in requests]
 
-    def _render_chunk(self, plan: Plan, chunk: list[int], overrides: Mapping[int, dict], seeds: list[int],
-                      fail, timings: dict) -> dict[int, torch.Tensor]:
-        """Execute and render a chunk as one batch; on an exception, retry its samples one by one
-        so that only the culprit fails."""
+    # ---- decoding and validation -----------------------------------------------------------------
+    def _prepare(self, compiled: _Compiled, request: ScoreRequest, fail, timer: "PhaseTimer"
+                 ) -> tuple[list[int], ParamTensors]:
+        """The samples that decode and validate, and their parameter tensors (rows in that order).
+
+        Batched (default): token rows that form an integer matrix of the graph's slot count are
+        screened for invalid tokens in one comparison and dequantised column by column straight into
+        tensors (`GraphTokenizer.param_columns`, `Plan.stack_columns`); parameter sets are stacked in
+        one `Plan.stack`. Only culprits (and rows of odd shape or type) go through the per-sample
+        reference `_prepare_per_sample`, which gives every failure its reason.
+        """
+        if not self.config.batched_validation:
+            return self._prepare_per_sample(compiled, request, range(len(request.seeds)), fail, timer)
+        plan = compiled.plan
+        if request.param_sets is not None:
+            try:
+                params = plan.stack(request.param_sets)
+            except Exception:  # noqa: BLE001 — some sample is bad: find it (and its reason) sample by sample
+                return self._prepare_per_sample(compiled, request, range(len(request.seeds)), fail, timer)
+            timer.lap("validate")
+            return list(range(len(request.seeds))), params
+        tokenizer = self._tokenizer(compiled)
+        array, matrix_rows, odd_rows = _token_matrix(request.tokens, len(tokenizer))
+        invalid = tokenizer.invalid_rows(array)
+        fast = [i for i, bad in zip(matrix_rows, invalid.tolist()) if not bad]
+        slow = sorted(odd_rows + [i for i, bad in zip(matrix_rows, invalid.tolist()) if bad])
+        columns = tokenizer.param_columns(array[~invalid])
+        timer.lap("decode")
+        params = plan.stack_columns(columns, len(fast))
+        timer.lap("validate")
+        if not slow:
+            return fast, params
+        # Rows the fast path cannot take: the reference path names each one's failure; a row it
+        # accepts (e.g. tokens given as floats) is stacked with the others.
+        rescued, rescued_params = self._prepare_per_sample(compiled, request, slow, fail, timer)
+        if not rescued:
+            return fast, params
+        if not fast:
+            return rescued, rescued_params
+        good = sorted(fast + rescued)
+        merged = {node: {k: torch.cat([params[node][k], rescued_params[node][k]]) for k in ps}
+                  for node, ps in params.items()}
+        position = {i: p for p, i in enumerate(fast + rescued)}
+        order = torch.tensor([position[i] for i in good], dtype=torch.long)
+        return good, {node: {k: v.index_select(0, order) for k, v in ps.items()} for node, ps in merged.items()}
+
+    def _prepare_per_sample(self, compiled: _Compiled, request: ScoreRequest, indices, fail,
+                            timer: "PhaseTimer") -> tuple[list[int], ParamTensors]:
+        """The reference: decode and validate each sample alone (`plan.stack([sample])` names the
+        node and parameter of a bad value), then stack the good ones."""
+        overrides: list[dict] = []
+        good: list[int] = []
+        decode_s = 0.0
+        for i in indices:
+            try:
+                if request.param_sets is not None:
+                    ps = request.param_sets[i]
+                else:
+                    t = time.perf_counter()
+                    ps = self._tokenizer(compiled).detokenize(request.tokens[i])
+                    decode_s += time.perf_counter() - t
+                compiled.plan.stack([ps])  # validates every value; names node and parameter
+                overrides.append(ps)
+                good.append(i)
+            except Exception as err:
+                fail(i, _short(err))
+        params = compiled.plan.stack(overrides) if overrides else compiled.plan.stack([])
+        timer.lap("validate", carve={"decode": decode_s})
+        return good, params
+
+    def _tokenizer(self, compiled: _Compiled):
+        if compiled.tokenizer is None:
+            from policy.tokenizer import GraphTokenizer
+            compiled.tokenizer = GraphTokenizer(compiled.graph)
+        return compiled.tokenizer
+
+    # ---- execution and reward --------------------------------------------------------------------
+    def _score_chunk(self, plan: Plan, rows: list[int], params: ParamTensors, seeds: torch.Tensor,
+                     target: Descriptor, expired: Callable[[], bool], timer: "PhaseTimer") -> dict[int, ScoreResult]:
+        """Execute, render and score one call's samples. A sample with non-finite maps or pixels,
+        an executor exception (the call is then retried sample by sample so only the culprit fails)
+        or a non-finite reward gets its failure; rows absent from the answer were stopped by the
+        deadline or a cancellation after execution."""
+        out: dict[int, ScoreResult] = {}
         try:
-            return self._execute(plan, chunk, overrides, seeds, fail, timings)
-        except Exception as err:
-            if len(chunk) == 1:
-                fail(chunk[0], f"executor: {_short(err)}")
-                return {}
-        out: dict[int, torch.Tensor] = {}
-        for i in chunk:
-            out.update(self._render_chunk(plan, [i], overrides, seeds, fail, timings))
-        return out
-
-    def _execute(self, plan: Plan, chunk: list[int], overrides: Mapping[int, dict], seeds: list[int],
-                 fail, timings: dict) -> dict[int, torch.Tensor]:
-        t = time.perf_counter()
-        params = plan.stack([overrides[i] for i in chunk], device=self.device)
-        maps = plan.run(params, res=self.config.res, seed=[int(seeds[i]) for i in chunk], device=self.device)
-        t2 = time.perf_counter()
-        rendered = render_flash(maps)
-        timings["execute"] += t2 - t
-        timings["render"] += time.perf_counter() - t2
-        maps_ok = maps.finite_per_sample()
-        render_ok = torch.isfinite(rendered).flatten(1).all(1)
-        out = {}
-        for j, i in enumerate(chunk):
-            if not bool(maps_ok[j]):
-                bad = [name for name, m in maps.items() if not bool(torch.isfinite(m[j]).all())]
-                fail(i, f"executor: non-finite values in output maps {bad}")
-            elif not bool(render_ok[j]):
-                fail(i, "render: non-finite pixels")
+            maps, images = self._execute(plan, params, seeds, timer)
+        except Exception as err:  # noqa: BLE001 — find the culprit
+            if len(rows) == 1:
+                out[rows[0]] = self._failure(f"executor: {_short(err)}")
+                return out
+            for j, i in enumerate(rows):
+                one = {node: {k: v[j:j + 1] for k, v in ps.items()} for node, ps in params.items()}
+                out.update(self._score_chunk(plan, [i], one, seeds[j:j + 1], target, expired, timer))
+            return out
+        finite = [maps.finite_per_sample(), torch.isfinite(images).flatten(1).all(1)]
+        if expired():
+            maps_ok, render_ok = torch.stack(finite).tolist()
+            self._finite_failures(rows, maps, maps_ok, render_ok, out)
+            return out
+        try:
+            pred = self.metric.describe(images, autocast=self.autocast)
+            timer.lap("cnn")
+            terms = self.metric.terms(pred, target)
+            rewards = self.metric.reward(terms)
+            table = torch.stack([*finite, rewards, *terms.values()]).tolist()  # the call's one transfer
+        except Exception as err:  # noqa: BLE001
+            maps_ok, render_ok = torch.stack(finite).tolist()
+            self._finite_failures(rows, maps, maps_ok, render_ok, out)
+            for i in rows:
+                out.setdefault(i, self._failure(f"reward: {_short(err)}"))
+            return out
+        maps_ok, render_ok, values, *columns = table
+        self._finite_failures(rows, maps, maps_ok, render_ok, out)
+        names = list(terms)
+        for j, i in enumerate(rows):
+            if i in out:
+                continue
+            sample_terms = {name: column[j] for name, column in zip(names, columns)}
+            if not math.isfinite(values[j]):
+                out[i] = self._failure(f"reward: non-finite reward {values[j]} (terms {sample_terms})")
             else:
-                out[i] = rendered[j:j + 1]
+                out[i] = ScoreResult(values[j], sample_terms)
+        timer.lap("terms")
         return out
 
-    def _finish(self, results: list[ScoreResult | None], timings: dict, start: float, n: int) -> list[ScoreResult]:
+    def _execute(self, plan: Plan, params: ParamTensors, seeds: torch.Tensor, timer: "PhaseTimer"):
+        """Maps and sRGB renders of a call (compiled: padded to a power-of-two batch, so that the
+        compiled kernels see few batch sizes; padding repeats the last sample and is cut off)."""
+        batch = int(seeds.shape[0])
+        if self.config.compile:
+            padded = min(_next_power_of_two(batch), max(self.config.samples_per_call, batch))
+            params, seeds = _pad_rows(params, padded), _pad_rows(seeds, padded)
+        maps = plan.run(params, res=self.config.res, seed=seeds, device=self.device, compile=self.config.compile)
+        timer.lap("execute")
+        images = (compiled_fn(render_flash) if self.config.compile else render_flash)(maps)
+        if self.config.compile and int(images.shape[0]) != batch:
+            maps = MaterialMaps(**{name: m[:batch] for name, m in maps.items()})
+            images = images[:batch]
+        timer.lap("render")
+        return maps, images
+
+    def _finite_failures(self, rows: list[int], maps: MaterialMaps, maps_ok: list, render_ok: list,
+                         out: dict[int, ScoreResult]) -> None:
+        for j, i in enumerate(rows):
+            if not maps_ok[j]:
+                bad = [name for name, m in maps.items() if not bool(torch.isfinite(m[j]).all())]
+                out[i] = self._failure(f"executor: non-finite values in output maps {bad}")
+            elif not render_ok[j]:
+                out[i] = self._failure("render: non-finite pixels")
+
+    def _failure(self, reason: str) -> ScoreResult:
+        return ScoreResult(self.config.failure_reward, {}, False, reason)
+
+    def _finish(self, results: list[ScoreResult | None], timer: "PhaseTimer", start: float, n: int
+                ) -> list[ScoreResult]:
+        seconds = timer.seconds()
         total = time.perf_counter() - start
-        per_sample = {k: v / max(n, 1) for k, v in timings.items()}
+        per_sample = {k: seconds.get(k, 0.0) / max(n, 1) for k in PHASES}
+        per_sample["prepare"] = per_sample["decode"] + per_sample["validate"]
+        per_sample["reward"] = per_sample["cnn"] + per_sample["terms"]
         per_sample["total"] = total / max(n, 1)
         per_sample["request_total"] = total
         out = []
-        for r in results:
-            r.timings = dict(per_sample)
+        for r in results:  # one read-only dict shared by the rows: a 4,096-row answer pickles 3x smaller
+            r.timings = per_sample
             if not r.ok:
                 self.counters["failures"] += 1
             out.append(r)
@@ -370,3 +469,59 @@ class RewardWorker:
                 "target_cache_hits": self.targets.hits, "target_cache_misses": self.targets.misses,
                 "target_store_keys": len(self.target_store), "target_store_bytes": self.target_store.nbytes,
                 "target_store_evictions": self.target_store.evictions}
+
+
+def _token_matrix(tokens, slots: int) -> tuple[np.ndarray, list[int], list[int]]:
+    """(matrix, its rows' sample indices, other indices): the samples whose tokens form an integer
+    row of `slots` values, stacked; the others (wrong length, non-integer values) go to the
+    per-sample reference path, which names their fault."""
+    if isinstance(tokens, np.ndarray) and tokens.ndim == 2 and tokens.shape[1] == slots \
+            and np.issubdtype(tokens.dtype, np.integer):
+        return tokens.astype(np.int64, copy=False), list(range(len(tokens))), []
+    rows, fast, odd = [], [], []
+    for i, row in enumerate(tokens):
+        try:
+            array = np.asarray(row)
+        except Exception:  # noqa: BLE001 — ragged or odd objects: the reference path says what is wrong
+            odd.append(i)
+            continue
+        if array.shape == (slots,) and np.issubdtype(array.dtype, np.integer):
+            rows.append(array)
+            fast.append(i)
+        else:
+            odd.append(i)
+    matrix = np.stack(rows).astype(np.int64, copy=False) if rows else np.zeros((0, slots), np.int64)
+    return matrix, fast, odd
+
+
+def _to_device(params: ParamTensors, device: torch.device) -> ParamTensors:
+    """All parameter tensors of a request in one host-to-device copy per dtype (not one per
+    parameter: ~100 copies per call for a 30-node graph), split into contiguous tensors there."""
+    by_dtype: dict[torch.dtype, list[tuple[str, str, torch.Tensor]]] = {}
+    for node, ps in params.items():
+        for name, t in ps.items():
+            by_dtype.setdefault(t.dtype, []).append((node, name, t))
+    out: ParamTensors = {node: {} for node in params}
+    for dtype, items in by_dtype.items():
+        flat = [t.reshape(t.shape[0], -1).T for _, _, t in items]  # (components, B) each
+        packed = torch.cat(flat).to(device)
+        row = 0
+        for (node, name, t), part in zip(items, flat):
+            width = part.shape[0]
+            out[node][name] = packed[row:row + width].T.reshape(t.shape).contiguous()
+            row += width
+    return out
+
+
+def _next_power_of_two(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _pad_rows(value, rows: int):
+    """Tensors (or nested dicts of tensors) padded along the batch axis to `rows` by repeating the last row."""
+    if isinstance(value, dict):
+        return {k: _pad_rows(v, rows) for k, v in value.items()}
+    extra = rows - int(value.shape[0])
+    if extra <= 0:
+        return value
+    return torch.cat([value, value[-1:].expand(extra, *value.shape[1:])])

@@ -161,10 +161,13 @@ def test_compiled_node_functions_and_renderer_match_eager():
     from graph_executor.compiled import compiled
     from graph_executor.library import load_library_graph
 
-    plan = Plan(load_library_graph("brown_leather"))
-    params = plan.stack(batch=2)
-    eager = plan.run(params, res=64, seed=[3, 4])
-    fused = plan.run(params, res=64, seed=[3, 4], compile=True)
+    from graph_executor.sampling import sample_parameters
+
+    graph = load_library_graph("brown_leather")
+    plan = Plan(graph)
+    params = plan.stack(sample_parameters(graph, 3, 4))  # mixed worley scales, blend modes: branch-free paths
+    eager = plan.run(params, res=64, seed=[3, 4, 5])
+    fused = plan.run(params, res=64, seed=[3, 4, 5], compile=True)
     for (name, x), (_, y) in zip(eager.items(), fused.items()):
         assert torch.allclose(x, y, atol=1e-4), name
     assert torch.allclose(compiled(render_flash)(fused), render_flash(eager), atol=1e-4)

@@ -41,3 +41,21 @@ def test_reward_load_measures_raw_service_and_the_compute_control_at_each_worker
     at_two = summary["scaling_by_workers"]["2"]
     assert set(at_two) == {"service", "raw", "compute_control"}
     assert at_two["service"] == pytest.approx(summary["scaling_efficiency"])
+
+
+def test_reward_gpu_benchmark_prints_the_breakdown_on_cpu():
+    summary = run_json("reward_gpu.py", "--device", "cpu", "--res", "64", "--batch", "2,4", "--repeats", "1")
+    assert summary["graph"] and summary["host"]["per_sample_ms"] > 0 and summary["host"]["columns_ms"] > 0
+    assert [r["batch"] for r in summary["rows"]] == [2, 4]
+    for row in summary["rows"]:
+        assert row["executor_per_s"] > 0 and row["executor_render_per_s"] > 0 and row["worker_per_s"] > 0
+        assert row["worker_vs_executor"] == pytest.approx(row["worker_per_s"] / row["executor_per_s"])
+        assert all(row[f"{k}_ms"] >= 0 for k in ("decode", "validate", "execute", "render", "cnn", "terms"))
+        assert row["execute_ms"] > 0 and row["cnn_ms"] > 0
+
+
+def test_reward_precision_benchmark_bounds_bf16_and_tf32():
+    summary = run_json("reward_precision.py", "--quick", "--graphs", "2", "--samples", "3")
+    assert summary["samples"] == 12
+    assert 0 < summary["tf32"]["max_abs"] < summary["bfloat16"]["max_abs"] < 0.05
+    assert summary["bfloat16"]["rank_correlation"] > 0.99

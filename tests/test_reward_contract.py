@@ -144,7 +144,8 @@ def test_response_keys_are_the_documented_ones(client):
     results = client._split(reply, [3])[0]
     assert [r.ok for r in results] == [True, True, False]
     assert all(set(r.terms) == {"gram", "lab"} for r in results if r.ok) and results[2].terms == {}
-    timings = {"prepare", "execute", "render", "reward", "total", "request_total"}
+    timings = {"decode", "validate", "execute", "render", "cnn", "terms", "prepare", "reward", "total",
+               "request_total"}
     assert all(set(r.timings) == timings for r in results)
     assert results[0].timings == results[1].timings  # per-row timings are the task's averages
     assert results[0].timings["total"] == pytest.approx(results[0].timings["request_total"] / 3)

@@ -307,3 +307,19 @@ def test_cli_accepts_a_public_host_with_insecure_or_tls(tmp_path):
     assert server.tls and server.port == 50051
     with pytest.raises(ValueError, match="does not exist"):
         build_configs(parser.parse_args(["serve-reward", "--token-file", str(tmp_path / "absent")]))
+
+
+def test_cli_configures_gpu_workers(tmp_path):
+    parser = build_parser()
+    overrides = tmp_path / "gpu.yaml"
+    overrides.write_text("compile: true\ncnn_autocast: bfloat16\n")
+    _, pool, _ = build_configs(parser.parse_args(["serve-reward", "--workers", "4", "--gpu-workers", "2",
+                                                  "--num-gpus-per-worker", "0.5", "--gpu-task-samples", "2048",
+                                                  "--gpu-reward-config", str(overrides)]))
+    assert (pool.workers, pool.gpu_workers, pool.num_gpus_per_worker, pool.gpu_task_samples) == (4, 2, 0.5, 2048)
+    assert pool.gpu_overrides == {"compile": True, "cnn_autocast": "bfloat16"}
+    overrides.write_text("no_such_field: 1\n")
+    with pytest.raises(ValueError, match="no_such_field"):
+        build_configs(parser.parse_args(["serve-reward", "--gpu-reward-config", str(overrides)]))
+    with pytest.raises(ValueError, match="absent.yaml"):
+        build_configs(parser.parse_args(["serve-reward", "--gpu-reward-config", str(tmp_path / "absent.yaml")]))

@@ -206,7 +206,7 @@ def test_the_deadline_is_also_checked_before_each_reward_chunk(target):
 
 def test_samples_per_call_keeps_cpu_calls_at_one_256_squared_sample_unless_set():
     assert [RewardConfig(res=r).samples_per_call for r in (64, 128, 256, 512)] == [16, 4, 1, 1]
-    assert RewardConfig(device="cuda").samples_per_call == 256
+    assert RewardConfig(device="cuda").samples_per_call == 1024
     assert RewardConfig(res=64, micro_batch=3).samples_per_call == 3
 
 
@@ -221,3 +221,98 @@ def test_cuda_worker_scores_like_the_cpu_worker(target):
     assert all(r.ok for r in on_gpu + on_cpu)
     assert [r.reward for r in on_gpu] == pytest.approx([r.reward for r in on_cpu], abs=2e-3)
 
+
+
+def _fast_and_reference(request, **config):
+    fast = RewardWorker(RewardConfig(res=64, **config)).score(request)
+    reference = RewardWorker(RewardConfig(res=64, batched_validation=False, **config)).score(request)
+    return fast, reference
+
+
+def _assert_same(fast, reference):
+    assert [r.ok for r in fast] == [r.ok for r in reference]
+    assert [r.error for r in fast] == [r.error for r in reference]
+    assert [r.reward for r in fast] == pytest.approx([r.reward for r in reference], abs=1e-6)
+    assert [r.terms for r in fast] == [pytest.approx(r.terms, abs=1e-6) for r in reference]
+
+
+@pytest.fixture(scope="module")
+def library_tokens():
+    """Sampled parameters of a library graph with ints, enums, floats and colours, as token rows."""
+    from graph_executor.library import load_library_graph
+    from graph_executor.sampling import sample_parameters
+    from policy.tokenizer import GraphTokenizer
+    graph = load_library_graph("brushed_gold")
+    tokenizer = GraphTokenizer(graph)
+    return tokenizer, [tokenizer.tokenize(s) for s in sample_parameters(graph, 10, 3)]
+
+
+def test_batched_tokens_equal_the_per_sample_reference_including_bad_rows(library_tokens, target):
+    """The fast path (one screen + columns for the request) gives the reference's rewards, ok flags
+    and reasons, with bad rows of every kind mixed in: an invalid token, a short row, a string,
+    a float row (accepted by the reference, so it must be here too) and a numpy row."""
+    tokenizer, rows = library_tokens
+    enum_slot = next(s for s in tokenizer.slots if s.spec.kind.value == "enum")
+    invalid = list(rows[1])
+    invalid[enum_slot.index] = enum_slot.valid_tokens
+    tokens = [rows[0], invalid, rows[2][:-1], [str(t) for t in rows[3]], [float(t) for t in rows[4]],
+              np.asarray(rows[5], dtype=np.int32), rows[6], rows[7]]
+    request = ScoreRequest("lib:brushed_gold", list(range(len(tokens))), target, tokens=tokens)
+    fast, reference = _fast_and_reference(request, micro_batch=3)
+    _assert_same(fast, reference)
+    assert [r.ok for r in fast] == [True, False, False, False, True, True, True, True]
+    assert f"node '{enum_slot.node}', parameter '{enum_slot.param}'" in fast[1].error
+    assert "tokens (one per slot)" in fast[2].error
+
+
+def test_batched_tokens_as_one_integer_matrix_equal_the_reference(library_tokens, target):
+    _, rows = library_tokens
+    request = ScoreRequest("lib:brushed_gold", list(range(len(rows))), target, tokens=np.asarray(rows))
+    fast, reference = _fast_and_reference(request)
+    assert all(r.ok for r in fast)
+    _assert_same(fast, reference)
+
+
+def test_batched_parameter_sets_equal_the_reference_and_bad_ones_fail_alone(target):
+    good = [{}, {"n1": {"scale": 9}}, {"lv": {"gamma": 2.5}}, {"n1": {"octaves": 2}}]
+    request = ScoreRequest(GRAPH, [0, 1, 2, 3], target, param_sets=good)
+    fast, reference = _fast_and_reference(request, micro_batch=2)
+    assert all(r.ok for r in fast)
+    _assert_same(fast, reference)
+    mixed = [{}, {"lv": {"gamma": float("nan")}}, {"n1": {"scale": 6}}, {"nope": {"x": 1}}, {"n1": {"scale": 999}},
+             {"lv": {"gamma": "x"}}, {"n1": {"scale": 3}}]
+    request = ScoreRequest(GRAPH, list(range(len(mixed))), target, param_sets=mixed)
+    fast, reference = _fast_and_reference(request, micro_batch=2)
+    _assert_same(fast, reference)
+    assert [r.ok for r in fast] == [True, False, True, False, False, False, True]
+
+
+def test_timings_name_every_phase(worker, target):
+    results = worker.score(ScoreRequest(GRAPH, [0, 1], target, param_sets=[{}, {"n1": {"scale": 5}}]))
+    timings = results[0].timings
+    assert {"decode", "validate", "execute", "render", "cnn", "terms", "prepare", "reward", "total",
+            "request_total"} == set(timings)
+    assert all(v >= 0 for v in timings.values())
+    assert timings["prepare"] == pytest.approx(timings["decode"] + timings["validate"])
+    assert timings["reward"] == pytest.approx(timings["cnn"] + timings["terms"])
+    phases = sum(timings[k] for k in ("decode", "validate", "execute", "render", "cnn", "terms"))
+    assert phases <= timings["total"] * (1 + 1e-6)
+
+
+def test_padding_to_power_of_two_batches_repeats_the_last_row():
+    from reward_service.worker import _next_power_of_two, _pad_rows
+    assert [_next_power_of_two(n) for n in (1, 2, 3, 5, 1024, 1025)] == [1, 2, 4, 8, 1024, 2048]
+    padded = _pad_rows({"a": {"x": torch.tensor([1.0, 2.0, 3.0]), "c": torch.eye(3)}}, 4)
+    assert padded["a"]["x"].tolist() == [1.0, 2.0, 3.0, 3.0]
+    assert padded["a"]["c"].tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1]]
+
+
+def test_request_parameters_move_to_a_device_in_one_copy_per_dtype():
+    from reward_service.worker import _to_device
+    from graph_executor.executor import Plan
+    plan = Plan(loads_graph(GRAPH))
+    params = plan.stack([{}, {"n1": {"scale": 9}}, {"lv": {"gamma": 2.5}}])
+    moved = _to_device(params, torch.device("cpu"))
+    for node, ps in params.items():
+        for name, t in ps.items():
+            assert moved[node][name].is_contiguous() and torch.equal(moved[node][name], t), (node, name)

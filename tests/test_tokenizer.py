@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -202,6 +203,47 @@ def test_detokenize_batch_matches_single_rows():
     rng = np.random.default_rng(0)
     batch = np.stack([rng.integers(0, tok.masks.sum(1).numpy()) for _ in range(5)])
     assert tok.detokenize_batch(batch) == [tok.detokenize(row) for row in batch]
+
+
+def test_param_columns_stack_exactly_like_detokenized_parameter_sets():
+    """The worker's fast path (tokens -> columns -> tensors) equals detokenize + Plan.stack on every
+    node type's parameters (bool, int, enum, float, colour, vector), token extremes included."""
+    graph = every_type_graph()
+    tok, plan = GraphTokenizer(graph), Plan(graph)
+    rng = np.random.default_rng(1)
+    valid = tok.masks.sum(1).numpy()
+    batch = np.concatenate([np.zeros((1, len(valid)), np.int64), valid[None] - 1,
+                            np.stack([rng.integers(0, valid) for _ in range(30)])])
+    slow = plan.stack(tok.detokenize_batch(batch))
+    fast = plan.stack_columns(tok.param_columns(batch), len(batch))
+    assert slow.keys() == fast.keys()
+    for node in slow:
+        for name, tensor in slow[node].items():
+            assert fast[node][name].dtype == tensor.dtype and torch.equal(fast[node][name], tensor), (node, name)
+    assert tok.invalid_rows(batch).tolist() == [False] * len(batch)
+    broken = batch[:3].copy()
+    broken[1, 0] = -1
+    broken[2, -1] = 999
+    assert tok.invalid_rows(broken).tolist() == [False, True, True]
+    with pytest.raises(GraphError, match="token -1"):
+        tok.param_columns(broken)
+
+
+def test_stack_columns_checks_columns_and_names_the_culprit():
+    plan = Plan(small_graph())
+    good = {"n1": {"scale": np.array([3, 4]), "persistence": np.array([0.5, 0.6])}, "mix": {"mode": np.array([0, 2])}}
+    stacked = plan.stack_columns(good, 2)
+    reference = plan.stack([{"n1": {"scale": 3, "persistence": 0.5}, "mix": {"mode": "copy"}},
+                            {"n1": {"scale": 4, "persistence": 0.6}, "mix": {"mode": "subtract"}}])
+    assert all(torch.equal(stacked[n][k], reference[n][k]) for n in reference for k in reference[n])
+    for columns, match in [({"n1": {"persistence": np.array([0.5, np.nan])}}, "parameter 'persistence'.*not finite"),
+                           ({"n1": {"scale": np.array([3, 1000])}}, "parameter 'scale'.*outside"),
+                           ({"mix": {"mode": np.array([0, 99])}}, "parameter 'mode'.*outside"),
+                           ({"n1": {"scale": np.array([3.5, 4.0])}}, "parameter 'scale'.*integer"),
+                           ({"n1": {"scale": np.array([3])}}, "parameter 'scale'.*shape"),
+                           ({"ghost": {"scale": np.array([3, 3])}}, "node 'ghost'")]:
+        with pytest.raises(GraphError, match=match):
+            plan.stack_columns(columns, 2)
 
 
 def test_bad_inputs_raise_graph_errors_naming_the_culprit():

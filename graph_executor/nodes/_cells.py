@@ -143,6 +143,61 @@ def cellular_features(grid: CellGrid, px: torch.Tensor, py: torch.Tensor, metric
     return f1, f2, val
 
 
+def pixel_cells(res: int, period: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample cell index and in-cell fraction of every pixel row (= column), each (B, res).
+
+    The pixel-space twin of `CellGrid` for per-sample periods: (j + 0.5)·P / res is exact in
+    float32 for power-of-two resolutions, so the fractions equal the grid's bit for bit.
+    """
+    u = (torch.arange(res, device=period.device, dtype=torch.float32) + 0.5).view(1, -1) \
+        * period.view(-1, 1).float() / res
+    cell = torch.floor(u)
+    return cell.long(), u - cell
+
+
+def cellular_features_pixels(table: torch.Tensor, period: torch.Tensor, metric: torch.Tensor | None,
+                             res: int, values: torch.Tensor | None = None):
+    """`cellular_features` in pixel space for a batch whose samples have different periods and metrics.
+
+    table: (B, Pmax, Pmax, 2) feature-point positions inside their cells (x, y), rows then columns,
+    Pmax at least every sample's period; period: (B,) long; metric: (B,) long or None (euclidean);
+    values: optional (B, Pmax, Pmax) per-cell values. Each pixel reads its 3x3 neighbour cells from
+    the table with wrapped indices, so no sample needs the batch grouped by period, and the
+    arithmetic is `cellular_features`' own, in the same order: the results are equal. Returns
+    (f1, f2, nearest value), each (B, 1, res, res).
+    """
+    B, pmax = table.shape[0], table.shape[1]
+    cell, frac = pixel_cells(res, period)
+    P = period.view(-1, 1)
+    fy, fx = frac.view(B, 1, res, 1), frac.view(B, 1, 1, res)
+    flat = table.reshape(B, pmax * pmax, 2)
+    vflat = None if values is None else values.reshape(B, pmax * pmax)
+    m = None if metric is None else metric.view(-1, 1, 1, 1)
+    f1 = f2 = val = None
+    for dx, dy in NEIGHBOURS_3X3:
+        rows = ((cell + dy) % P) * pmax
+        index = (rows.view(B, 1, res, 1) + ((cell + dx) % P).view(B, 1, 1, res)).view(B, -1)
+        ox = (flat[..., 0].gather(1, index).view(B, 1, res, res) + dx) - fx
+        oy = (flat[..., 1].gather(1, index).view(B, 1, res, res) + dy) - fy
+        score = ox * ox + oy * oy
+        if m is not None:
+            ax, ay = ox.abs(), oy.abs()
+            score = torch.where(m == 0, score, torch.where(m == 1, ax + ay, torch.maximum(ax, ay)))
+        if f1 is None:
+            f1, f2 = score, torch.full_like(score, float("inf"))
+            if vflat is not None:
+                val = vflat.gather(1, index).view(B, 1, res, res)
+            continue
+        if vflat is not None:  # val*1 + v*0 and val*0 + v*1 are exact, as in cellular_features
+            near = (score < f1).to(score.dtype)
+            val = val * (score >= f1).to(score.dtype) + vflat.gather(1, index).view(B, 1, res, res) * near
+        f2 = torch.minimum(f2, torch.maximum(f1, score))
+        f1 = torch.minimum(f1, score)
+    if m is None:
+        return f1.sqrt(), f2.sqrt(), val
+    return torch.where(m == 0, f1.sqrt(), f1), torch.where(m == 0, f2.sqrt(), f2), val
+
+
 def rect_lattice_hash(rows: int, cols: int, seed: torch.Tensor, salt: int = 0) -> torch.Tensor:
     """Uniform [0,1) values on a (b, rows, cols) lattice, indexed [row, column]."""
     r = torch.arange(rows, device=seed.device)

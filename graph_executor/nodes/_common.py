@@ -15,6 +15,20 @@ from graph_executor.ops import normalize_channels  # noqa: F401  (re-exported fo
 from graph_executor.schema import NodeContext
 
 M32 = 0xFFFFFFFF
+FORCE_BRANCH_FREE = False  # tests: take the branch-free node paths on a CPU too
+
+
+def branch_free(ctx: NodeContext) -> bool:
+    """Whether node functions take their branch-free paths: on a GPU and under torch.compile.
+
+    Eager CPU code may read a parameter on the host to skip work (`levels` with gamma 1, the
+    anti-alias blur of an untiled `transform_2d`) or split the batch into groups of equal integer
+    parameters (`worley`, blend modes); that is free on a CPU. On a GPU each such read waits for
+    all queued kernels, and under torch.compile it breaks the graph, while the skipped work costs
+    little once fused. The branch-free paths compute the same values (tests compare them on CPU,
+    with `FORCE_BRANCH_FREE`, to 1e-5).
+    """
+    return FORCE_BRANCH_FREE or ctx.device.type != "cpu" or torch.compiler.is_compiling()
 
 
 def records_grad(*tensors) -> bool:
@@ -86,11 +100,12 @@ def interpolation_matrices(ctx: NodeContext, period: torch.Tensor) -> tuple[torc
     forms over these matrices, so a whole octave is two small batched matmuls instead of dozens
     of full-resolution elementwise passes. Columns wrap modulo the period, so the result tiles.
     """
-    key = ("lattice", ctx.res, ctx.device, tuple(period.tolist()))
+    values = tuple(period.tolist())  # the one host read per octave (on a GPU, a sync): key and size
+    key = ("lattice", ctx.res, ctx.device, values)
     if key in ctx.cache:
         return ctx.cache[key]
     period = period.clamp(min=1)
-    pmax = int(period.max().item())
+    pmax = max((1, *values))
     x = (torch.arange(ctx.res, device=ctx.device, dtype=torch.float32) + 0.5) / ctx.res
     u = x.view(1, -1) * period.view(-1, 1).float()
     cell = torch.floor(u)
@@ -109,9 +124,12 @@ def interpolation_matrices(ctx: NodeContext, period: torch.Tensor) -> tuple[torc
     return weights, offsets
 
 
-def lattice_hash(ctx: NodeContext, period: torch.Tensor, seed: torch.Tensor, salt: int = 0) -> torch.Tensor:
-    """Uniform [0,1) values on each sample's (Pmax, Pmax) lattice, indexed [row, column]."""
-    pmax = int(period.clamp(min=1).max().item())
+def lattice_hash(ctx: NodeContext, period: torch.Tensor, seed: torch.Tensor, salt: int = 0,
+                 pmax: int | None = None) -> torch.Tensor:
+    """Uniform [0,1) values on each sample's (Pmax, Pmax) lattice, indexed [row, column]; pass `pmax`
+    (the largest period, at least 1) when it is known, to spare a host read."""
+    if pmax is None:
+        pmax = int(period.clamp(min=1).max().item())
     i = torch.arange(pmax, device=ctx.device)
     return hash_unit(i.view(1, 1, -1), i.view(1, -1, 1), seed.view(-1, 1, 1), torch.tensor(salt, device=ctx.device))
 
@@ -151,9 +169,13 @@ def _separable_sparse(table: torch.Tensor, rows: tuple, cols: tuple) -> torch.Te
 def _dense_is_faster(ctx: NodeContext, period: torch.Tensor) -> bool:
     """Dense interpolation matrices cost 2·P multiply-adds per pixel, the two-tap gathers a dozen
     full-resolution passes: on CPU dense wins up to P = res/4 (measured at 256²), on a GPU, with
-    ~20 FLOPs per byte of memory traffic, up to P = 256 whatever the resolution."""
-    limit = 256 if ctx.device.type == "cuda" else ctx.res // 4
-    return int(period.max()) <= limit
+    ~20 FLOPs per byte of memory traffic, up to P = 256 whatever the resolution.
+
+    Periods here are octave periods, at most res/2 (`octave_period`), so on a GPU up to 512² the
+    answer is known without reading them (which would wait for the GPU)."""
+    if ctx.device.type == "cuda":
+        return ctx.res // 2 <= 256 or int(period.max()) <= 256
+    return int(period.max()) <= ctx.res // 4
 
 
 def perlin_factors(ctx: NodeContext, period: torch.Tensor, seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,8 +184,8 @@ def perlin_factors(ctx: NodeContext, period: torch.Tensor, seed: torch.Tensor) -
     Gradient noise is the sum of two separable bilinear forms, W·gx·Oᵀ + O·gy·Wᵀ, which is one
     product of the concatenated factors.
     """
-    angle = lattice_hash(ctx, period, seed) * (2 * math.pi)
     weights, offsets = interpolation_matrices(ctx, period)
+    angle = lattice_hash(ctx, period, seed, pmax=weights.shape[2]) * (2 * math.pi)
     left = torch.cat([weights @ torch.cos(angle), offsets @ torch.sin(angle)], 2) * math.sqrt(2.0)
     return left, torch.cat([offsets, weights], 2)
 
@@ -171,7 +193,7 @@ def perlin_factors(ctx: NodeContext, period: torch.Tensor, seed: torch.Tensor) -
 def value_factors(ctx: NodeContext, period: torch.Tensor, seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(L, R), each (B, res, Pmax), with value noise = L @ Rᵀ."""
     weights, _ = interpolation_matrices(ctx, period)
-    return weights @ lattice_hash(ctx, period, seed), weights
+    return weights @ lattice_hash(ctx, period, seed, pmax=weights.shape[2]), weights
 
 
 def perlin(ctx: NodeContext, period: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from graph_executor.nodes._common import bc, gradients, records_grad
+from graph_executor.nodes._common import bc, branch_free, gradients, records_grad
 from graph_executor.nodes._filters_util import (
     by_group, dilate, in_chunks, directional_gaussian_response, fft_convolve, gaussian_response, groups, hsl_to_rgb,
     hsl_to_rgb_reference, lut_lookup, monotone_cubic, px, rgb_to_hsl, rgb_to_hsl_reference, step, wrap_lookup,
@@ -90,10 +90,27 @@ def _blend_mode(mode: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     raise ValueError(mode)
 
 
+def _blend_selected(modes: torch.Tensor, present, fg: torch.Tensor, bg: torch.Tensor) -> torch.Tensor:
+    """Every sample blended with its own mode, by selecting among whole-batch blends of the modes in
+    `present` (no index lists: under torch.compile all twelve fuse into one kernel)."""
+    mode = bc(modes)
+    mixed = None
+    for index in present:
+        blended = _blend_mode(BLEND_MODES[index], fg, bg)
+        mixed = blended if mixed is None else torch.where(mode == index, blended, mixed)
+    return mixed
+
+
 def _blend(ctx, inputs, p):
     fg, bg, mask = inputs["foreground"], inputs["background"], inputs["mask"]
     channels = max(fg.shape[1], bg.shape[1])
     fg, bg = fg.expand(-1, channels, -1, -1), bg.expand(-1, channels, -1, -1)
+    if branch_free(ctx):
+        # compiled: all modes, fused; eager GPU: the modes present, read in one host transfer
+        present = range(len(BLEND_MODES)) if torch.compiler.is_compiling() else torch.unique(p["mode"]).tolist()
+        mixed = _blend_selected(p["mode"], present, fg, bg)
+        alpha = bc(p["opacity"]) if mask is None else bc(p["opacity"]) * mask
+        return {"out": torch.lerp(bg, mixed.clamp(0, 1), alpha)}
     mixed = None
     for index, rows in groups(p["mode"]):
         if rows is None:
@@ -128,7 +145,7 @@ def levels(ctx, inputs, p):
     span = hi - lo
     span = torch.lerp(-span.abs().clamp(min=1e-3), span.abs().clamp(min=1e-3), step(span))
     t = ((inputs["in"] - lo) / span).clamp(0, 1)
-    if p["gamma"].requires_grad or bool((p["gamma"] != 1).any()):  # at gamma 1 refinement still needs the path
+    if branch_free(ctx) or p["gamma"].requires_grad or bool((p["gamma"] != 1).any()):  # x ** 1 == x: the check only saves a pass; refinement at gamma 1 still needs the path
         t = t ** (1.0 / bc(p["gamma"]))
     return {"out": torch.lerp(bc(p["out_low"]).expand_as(t), bc(p["out_high"]).expand_as(t), t)}
 
@@ -496,7 +513,7 @@ def transform_2d(ctx, inputs, p):
     ox, oy = p["offset_x"], p["offset_y"]
     img = inputs["in"]
     along_x, along_y = m00.abs() * kx + m01.abs() * ky, m10.abs() * kx + m11.abs() * ky
-    if bool(((along_x > 1) | (along_y > 1)).any()):
+    if branch_free(ctx) or bool(((along_x > 1) | (along_y > 1)).any()):  # sigma 0 is the identity
         img = fft_convolve(img, gaussian_response(ctx.res, (along_x - 1) / 2, (along_y - 1) / 2))
     u, v = _coords(ctx)
     sx = bc(m00 * kx) * u + (bc(m01 * ky) * v + bc(m00 * ox + m01 * oy + c0))

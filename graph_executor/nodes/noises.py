@@ -7,12 +7,13 @@ import math
 import torch
 
 from graph_executor.nodes._cells import (NEIGHBOURS_3X3, at_cells, cell_grid, cell_random, cellular_features,
-                                         groups, neighbour, stretched_value_noise, take)
-from graph_executor.nodes._common import (bc, fbm, hash_u32, into, records_grad, node_seed, octave_amplitudes, octave_period,
+                                         cellular_features_pixels, groups, neighbour, stretched_value_noise, take)
+from graph_executor.nodes._common import (bc, branch_free, fbm, hash_u32, into, records_grad, node_seed, octave_amplitudes, octave_period,
                                           perlin, value_noise)
 from graph_executor.schema import P, node, seed_param
 
 METRICS = ("euclidean", "manhattan", "chebyshev")
+CELL_SCALE_MAX = 32  # largest `scale` of worley and voronoi_cells: the pixel-space paths' table size
 # Distances (in cells) that map to 1: about the 99.9th percentile of F1 at full jitter per metric.
 _METRIC_NORM = (1.0, 1.3, 0.9)
 
@@ -121,7 +122,7 @@ def _jittered_points(seed, period, jitter):
 
 
 @node("worley", "noise", outputs={"f1": "gray", "f2_f1": "gray"}, params=[
-    P("scale", "int", 6, 1, 32, doc="cells across the image"),
+    P("scale", "int", 6, 1, CELL_SCALE_MAX, doc="cells across the image"),
     P("jitter", "float", 1.0, 0.0, 1.0, doc="how far feature points stray from cell centres"),
     P("metric", "enum", "euclidean", choices=METRICS),
     seed_param(),
@@ -129,6 +130,12 @@ def _jittered_points(seed, period, jitter):
 def worley(ctx, inputs, p):
     """Cellular (Worley) noise: distance to the nearest feature point (f1) and F2-F1 (cell borders)."""
     seed = node_seed(ctx, p["seed"])
+    if branch_free(ctx):  # one pass over the whole batch, whatever each sample's scale and metric
+        scale = p["scale"].clamp(max=ctx.res // 2)
+        px, py, _ = _jittered_points(seed, min(CELL_SCALE_MAX, ctx.res // 2), p["jitter"])
+        f1, f2, _ = cellular_features_pixels(torch.stack([px, py], -1), scale, p["metric"], ctx.res)
+        k = bc(torch.tensor([1.0 / n for n in _METRIC_NORM], device=ctx.device)[p["metric"]])
+        return {"f1": (f1 * k).clamp(0, 1), "f2_f1": ((f2 - f1) * k).clamp(0, 1)}
     f1_out = torch.empty(ctx.batch, 1, ctx.res, ctx.res, device=ctx.device)
     edge_out = torch.empty_like(f1_out)
     for (scale, metric), rows in groups(p["scale"].clamp(max=ctx.res // 2), p["metric"]):
@@ -146,7 +153,7 @@ def worley(ctx, inputs, p):
 
 
 @node("voronoi_cells", "noise", outputs={"out": "gray", "edges": "gray"}, params=[
-    P("scale", "int", 6, 2, 32, doc="cells across the image"),
+    P("scale", "int", 6, 2, CELL_SCALE_MAX, doc="cells across the image"),
     P("jitter", "float", 1.0, 0.0, 1.0),
     P("edge_width", "float", 0.1, 0.01, 0.5, doc="width of the edge falloff, in cells"),
     seed_param(),
@@ -154,6 +161,12 @@ def worley(ctx, inputs, p):
 def voronoi_cells(ctx, inputs, p):
     """Voronoi cells with a random value per cell (out) and bright cell borders (edges)."""
     seed = node_seed(ctx, p["seed"])
+    if branch_free(ctx):
+        px, py, values = _jittered_points(seed, min(CELL_SCALE_MAX, ctx.res // 2), p["jitter"])
+        f1, f2, nearest = cellular_features_pixels(torch.stack([px, py], -1), p["scale"].clamp(max=ctx.res // 2),
+                                                   None, ctx.res, values)
+        edges = (f2 - f1).div_(bc(p["edge_width"])).clamp_(max=1.0).neg_().add_(1.0)
+        return {"out": nearest, "edges": edges}
     value_out = torch.empty(ctx.batch, 1, ctx.res, ctx.res, device=ctx.device)
     edge_out = torch.empty_like(value_out)
     for (scale,), rows in groups(p["scale"].clamp(max=ctx.res // 2)):

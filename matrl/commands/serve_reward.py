@@ -38,6 +38,13 @@ def register(subparsers) -> None:
     p.add_argument("--reward-config", type=Path, default=None, help="YAML of RewardConfig fields")
     p.add_argument("--res", type=int, default=None, help="executor resolution (overrides --reward-config)")
     p.add_argument("--max-restarts", type=int, default=3, help="Ray restarts per worker before it is replaced")
+    p.add_argument("--gpu-workers", type=int, default=0,
+                   help="GPU reward workers beside the CPU ones (RewardConfig device cuda, big tasks)")
+    p.add_argument("--num-gpus-per-worker", type=float, default=0.25,
+                   help="GPU share Ray reserves per GPU worker (fractions share a GPU)")
+    p.add_argument("--gpu-task-samples", type=int, default=4096, help="rows per task sent to a GPU worker")
+    p.add_argument("--gpu-reward-config", type=Path, default=None,
+                   help="YAML of RewardConfig fields that differ on GPU workers (e.g. compile: true)")
     p.set_defaults(run=lambda args: run(args, p))
 
 
@@ -79,7 +86,11 @@ def build_configs(args):
     if args.res is not None:
         fields = {**fields, "res": args.res}
     reward = build(RewardConfig, fields, str(args.reward_config or ""))
-    pool = PoolConfig(workers=args.workers, max_restarts=args.max_restarts)
+    gpu_overrides = read_yaml(args.gpu_reward_config) if args.gpu_reward_config else {}
+    build(RewardConfig, {**reward.model_dump(), **gpu_overrides}, str(args.gpu_reward_config or ""))
+    pool = PoolConfig(workers=args.workers, max_restarts=args.max_restarts, gpu_workers=args.gpu_workers,
+                      num_gpus_per_worker=args.num_gpus_per_worker, gpu_task_samples=args.gpu_task_samples,
+                      gpu_overrides=gpu_overrides)
     return reward, pool, server
 
 

@@ -28,7 +28,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -77,6 +77,12 @@ class RewardGroupConfig(_Strict):
     max_workers: int = Field(1024, ge=1, description="largest count `matrl scale` may ask for")
     num_cpus: float = Field(1.0, gt=0, description="CPUs per reward worker")
     resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources per reward worker")
+    gpu_workers: int = Field(0, ge=0, description="GPU reward workers beside the CPU ones (reward_service.pool)")
+    num_gpus: float = Field(0.25, gt=0, le=1, description="GPU share per GPU reward worker")
+    gpu_resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources per GPU "
+                                            "reward worker")
+    gpu_overrides: dict[str, Any] = Field(default_factory=dict, description="RewardConfig fields that differ on "
+                                          "GPU reward workers (device is cuda)")
     host: str = Field("127.0.0.1", description="where the job's own service listens (another host needs "
                                                   "insecure: true or a TLS-terminating network)")
     insecure: bool = Field(False, description="allow the job's service to listen off loopback without TLS "
@@ -95,6 +101,8 @@ class ValidationConfig(_Strict):
 class TrainJobConfig(_Strict):
     init: str = Field(description="pre-trained checkpoint directory, or pretrain:<preset> to make one first")
     iterations: int = Field(100, ge=1)
+    max_wall_s: float | None = Field(None, gt=0, description="stop after the iteration that brings the training "
+                                                            "time (sampling + PPO, summed over iterations) to this")
     seed: int = Field(0, ge=0, le=2**31 - 1)
     mode: Literal["sync", "async"] = "sync"
     max_policy_lag: int = Field(1, ge=0, description="async: rows older than this many versions are dropped")
@@ -138,7 +146,7 @@ class TrainJobConfig(_Strict):
     def actor_cpus(self, in_process: bool = False) -> float:
         """CPUs the job's actors reserve (reward workers only when the job starts its own service;
         rollout workers and learner only when they are actors)."""
-        reward = 0 if self.reward.address else self.reward.workers * self.reward.num_cpus
+        reward = 0 if self.reward.address else (self.reward.workers + self.reward.gpu_workers) * self.reward.num_cpus
         roles = 0 if in_process else self.rollout.workers * self.rollout.num_cpus + self.learner.num_cpus
         return roles + reward
 
@@ -238,7 +246,9 @@ class TrainJob:
             except ValueError as err:
                 raise TrainError(f"reward.host: {err}") from None
             pool = PoolConfig(workers=cfg.workers, num_cpus=cfg.num_cpus, resources=cfg.resources,
-                              min_workers=cfg.min_workers, max_workers=cfg.max_workers)
+                              min_workers=cfg.min_workers, max_workers=cfg.max_workers, gpu_workers=cfg.gpu_workers,
+                              num_gpus_per_worker=cfg.num_gpus, gpu_resources=cfg.gpu_resources,
+                              gpu_overrides=cfg.gpu_overrides)
             self.server = start_background(cfg.config, pool, server_config)
             host = cfg.host
             if host in ("0.0.0.0", "::"):
@@ -496,6 +506,7 @@ class TrainJob:
         state.setdefault("wall_s", 0.0)
         state.setdefault("trajectories", 0)
         state.setdefault("learn_s", 0.0)
+        state.pop("stopped_by", None)  # a resumed run continues until its own limits
         metrics_sink = JobMetrics(self.out, self.job_name, ray_metrics=self.runtime.distributed,
                                   total_iterations=cfg.iterations, start_iteration=state["iteration"],
                                   progress=self.progress)
@@ -532,7 +543,11 @@ class TrainJob:
         state["trajectories"] += int(metrics.get("trajectories", 0))
         state.setdefault("reward_first", metrics.get("reward_mean"))
         state["reward_last"] = metrics.get("reward_mean")
-        last = iteration + 1 == cfg.iterations
+        out_of_time = (cfg.max_wall_s is not None
+                       and state["wall_s"] + metrics.get("iteration_s", 0.0) >= cfg.max_wall_s)
+        last = iteration + 1 == cfg.iterations or out_of_time
+        if out_of_time:
+            state["stopped_by"] = "max_wall_s"
         if (cfg.validation.every and (iteration + 1) % cfg.validation.every == 0) or last:
             t = time.perf_counter()
             val = self._validate(weights_fn(), version)
@@ -579,6 +594,8 @@ class TrainJob:
                             for r in rollouts])
             metrics["rollout_idle_fraction"] = max(0.0, 1 - busy / (t2 - t0))
             self._finish_iteration(sink, iteration, version, metrics, self._weights)
+            if state.get("stopped_by"):
+                break
 
     def _run_async(self, sink) -> None:
         cfg, rt, state = self.config, self.runtime, self.state
@@ -616,7 +633,7 @@ class TrainJob:
         t_iter = time.perf_counter()
         finished: list[dict] = []
         learn = rt.call(self.learner, "update", cfg.seed, iteration, rows, max(0, version - cfg.max_policy_lag))
-        while iteration < cfg.iterations:
+        while iteration < cfg.iterations and not state.get("stopped_by"):
             futures = [f for f, _ in pending.values()] + [learn]
             ready, _ = rt.wait(futures, timeout_s=1.0, num_returns=1)
             for w, (future, since) in list(pending.items()):
@@ -663,7 +680,7 @@ class TrainJob:
                 for w in range(before, len(self.rollouts)):
                     submit(w)
                 rows = per_worker * (len(self.rollouts) - len(retiring))
-                if iteration < cfg.iterations:
+                if iteration < cfg.iterations and not state.get("stopped_by"):
                     learn = rt.call(self.learner, "update", cfg.seed, iteration, rows,
                                     max(0, version - cfg.max_policy_lag))
             settle_retired()
@@ -709,7 +726,7 @@ class TrainJob:
                 "val_reward_pretrained": s.get("val_reward_pretrained"), "val_reward_best": s.get("val_reward_best"),
                 "val_best_iteration": s.get("val_best_iteration", 0), "val_history": s.get("val_history", []),
                 "trajectories": s.get("trajectories", 0), "wall_s": wall_s, "train_wall_s": s.get("wall_s"),
-                "mode": self.config.mode, "events": counts}
+                "mode": self.config.mode, "stopped_by": s.get("stopped_by", "iterations"), "events": counts}
 
     def close(self) -> None:
         rt = self.runtime

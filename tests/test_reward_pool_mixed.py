@@ -1,0 +1,87 @@
+"""A pool that mixes CPU and GPU reward workers: GPU workers take big tasks, resizes touch CPU workers.
+
+Real Ray actors behind a real gRPC server on 127.0.0.1. The "GPU" worker runs with
+`gpu_device="cpu"` (the same worker kind, reserving no GPU), so dispatch is exercised on this box;
+`-m gpu` tests on a CUDA host cover the device itself (tests/test_reward_gpu.py).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import ray
+from pydantic import ValidationError
+
+from reward_service.client import RewardClient
+from reward_service.config import MetricConfig, RewardConfig
+from reward_service.pool import InsufficientResources, PoolConfig, RewardPool
+from reward_service.server import BackgroundServer, ServerConfig
+from reward_service.worker import RewardWorker, ScoreRequest
+
+REWARD = RewardConfig(res=64, metric=MetricConfig(image_res=64))
+GRAPH = json.dumps({"format": "matrl.graph/1", "name": "mixed", "nodes": {
+    "noise": {"type": "perlin_fbm", "params": {"scale": 4}},
+    "cells": {"type": "worley", "params": {"scale": 5}},
+    "mix": {"type": "blend", "inputs": {"foreground": "noise", "background": "cells.f2_f1"}},
+    "out": {"type": "output", "inputs": {"basecolor": "mix", "height": "noise"}}}})
+TARGET = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)  # PNG on the wire: lossless
+CPU_TASK, GPU_TASK = 8, 48
+
+
+def request(n: int) -> ScoreRequest:
+    return ScoreRequest(structure=GRAPH, seeds=list(range(n)), target=TARGET,
+                        param_sets=[{"noise": {"persistence": 0.1 + 0.8 * (i % 17) / 17},
+                                     "cells": {"scale": 3 + i % 5}, "mix": {"mode": ("multiply", "screen")[i % 2]}}
+                                    for i in range(n)])
+
+
+@pytest.fixture(scope="module")
+def service():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    pool = RewardPool(REWARD, PoolConfig(workers=1, gpu_workers=1, gpu_device="cpu", gpu_task_samples=GPU_TASK,
+                                         gpu_overrides={"micro_batch": 16}))
+    server = BackgroundServer(pool, ServerConfig(port=0, chunk_samples=CPU_TASK))
+    try:
+        server.start(timeout_s=300)
+        yield server
+    finally:
+        server.stop()
+        ray.shutdown()
+
+
+def test_gpu_workers_take_big_tasks_and_results_equal_one_worker(service):
+    stats_before = service.run(service.pool.worker_stats())
+    with RewardClient(service.address, timeout_s=300) as client:
+        assert (client.pool_status()["workers"], client.pool_status()["ready"]) == (2, 2)
+        results = client.score(request(80))
+    stats = service.run(service.pool.worker_stats())
+    kinds = [s.gpu for s in service.pool.slots]
+    assert kinds == [False, True]
+    samples = [after["samples"] - before["samples"] for before, after in zip(stats_before, stats)]
+    tasks = [after["requests"] - before["requests"] for before, after in zip(stats_before, stats)]
+    # free workers take the next slice in turn: CPU 8, GPU 48, CPU 8, GPU the last 16
+    assert samples == [2 * CPU_TASK, 80 - 2 * CPU_TASK] and tasks == [2, 2]
+    reference = RewardWorker(REWARD).score(request(80))
+    assert all(r.ok for r in results)
+    assert [r.reward for r in results] == pytest.approx([r.reward for r in reference], abs=1e-5)
+
+
+def test_resizes_count_cpu_workers_beside_the_gpu_workers(service):
+    pool = service.pool
+    assert pool.size == 1 and pool.size_limit() == 1  # 2 CPUs, one taken by the GPU worker
+    with pytest.raises(InsufficientResources, match="room for 1"):
+        pool.check_size(2)
+    service.run(pool.resize(1))
+    assert [s.gpu for s in pool.slots] == [False, True]
+
+
+def test_gpu_worker_config_is_the_pool_config_with_its_device_and_overrides():
+    pool = RewardPool(REWARD, PoolConfig(gpu_device="cuda:1", gpu_overrides={"compile": True, "micro_batch": 512}))
+    assert (pool.gpu_reward_config.device, pool.gpu_reward_config.compile) == ("cuda:1", True)
+    assert pool.gpu_reward_config.samples_per_call == 512 and pool.gpu_reward_config.res == REWARD.res
+    with pytest.raises(ValidationError, match="gpu_device"):
+        PoolConfig(gpu_overrides={"device": "cuda"})
+    with pytest.raises(ValidationError, match="no_such_field"):
+        RewardPool(REWARD, PoolConfig(gpu_overrides={"no_such_field": 1}))
