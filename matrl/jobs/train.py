@@ -594,7 +594,7 @@ class TrainJob:
                             for r in rollouts])
             metrics["rollout_idle_fraction"] = max(0.0, 1 - busy / (t2 - t0))
             self._finish_iteration(sink, iteration, version, metrics, self._weights)
-            if state.get("stopped_by"):
+            if self.state.get("stopped_by"):
                 break
 
     def _run_async(self, sink) -> None:
