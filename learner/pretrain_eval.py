@@ -40,6 +40,7 @@ from graph_executor.ir import Graph
 from graph_executor.sampling import sample_parameters
 from policy.checkpoint import load_policy
 from learner.dataset import SyntheticDataset, decode_png, load_graphs, load_manifest
+from learner.stats import Stat
 from policy.encoders import EncoderConfig
 from policy.batching import collate
 from policy.sampler import Sampler, SamplingConfig
@@ -48,21 +49,6 @@ from reward_service.config import RewardConfig
 from reward_service.worker import RewardWorker, ScoreRequest
 
 CONDITIONS = ("greedy", "prior", "uniform", "truth")
-
-
-@dataclass
-class Stat:
-    mean: float
-    stderr: float
-    n: int
-
-    @classmethod
-    def of(cls, values: list[float]) -> "Stat":
-        arr = np.asarray(values, dtype=np.float64)
-        if arr.size == 0:
-            return cls(math.nan, math.nan, 0)
-        return cls(float(arr.mean()), float(arr.std(ddof=1) / math.sqrt(arr.size)) if arr.size > 1 else 0.0,
-                   int(arr.size))
 
 
 @dataclass

@@ -16,6 +16,12 @@ reward worker) and `infer(photo)` runs one photo, timing each phase, so a benchm
      token sequences (each slot uniform over the tokens its mask admits, issue 11's floor) of the best
      candidate's structure, with the same executor seed;
   7. optionally refine the best (`refine.py`), then write the files (`write`).
+
+`match(target, structures=None, budget=None)` is steps 2-7 for a square target already at `res`; it is
+what `matrl eval` (`evaluate.py`) calls: with `structures` given (a synthetic target's true structure)
+retrieval is skipped, and `budget` counts the candidates in all (`split_budget` spreads them over the
+structures: paper Fig. 11's 5, 25, 50 and 150 samples). `refine(result, seconds)` post-optimises the best
+of a result afterwards, so one candidate set serves a run with and one without refinement.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from policy.tokenizer import GraphTokenizer, Vocabulary
 from reward_service.api import LIBRARY_PREFIX, ScoreRequest
 from reward_service.config import RewardConfig
 from reward_service.worker import RewardWorker
+from rollout_workers.targets import Structure
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODELS_DIR = REPO_ROOT / "models"
@@ -90,6 +97,39 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def split_budget(budget: int, structures: int) -> list[int]:
+    """Candidates per structure for a total `budget` over `structures` (most similar first): as even as
+    possible, the first ones getting the remainder (25 over 5: 5 each; 2 over 5: 1, 1, 0, 0, 0). Each
+    structure's first candidate is its greedy sequence, the rest are top-p draws."""
+    if budget < 1 or structures < 1:
+        raise ValueError(f"a budget of {budget} candidates over {structures} structures: both must be >= 1")
+    return [budget // structures + (1 if j < budget % structures else 0) for j in range(structures)]
+
+
+class _Clock:
+    """Adds the seconds since the last lap to `timings[phase]` (synchronising CUDA first)."""
+
+    def __init__(self, device: torch.device, timings: dict[str, float], started: float | None = None):
+        self.device = device
+        self.timings = timings
+        self.started = time.perf_counter() if started is None else started
+        self.t = self.started
+
+    def lap(self, phase: str) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.timings[phase] = self.timings.get(phase, 0.0) + now - self.t
+        self.t = now
+
+    def skip(self) -> None:
+        """Start the next lap now (time since the last lap is already accounted elsewhere)."""
+        self.t = time.perf_counter()
+
+    def total(self) -> float:
+        return time.perf_counter() - self.started
 
 
 class InferConfig(BaseModel):
@@ -157,7 +197,10 @@ class InferenceResult:
 class MaterialInference:
     """Policy, encoder, retrieval index and reward worker, loaded once; `infer` runs one photo."""
 
-    def __init__(self, checkpoint: str | Path, config: InferConfig = InferConfig(), index=None):
+    def __init__(self, checkpoint: str | Path, config: InferConfig = InferConfig(), index=None,
+                 reward: RewardWorker | None = None):
+        """`index` and `reward` may be shared between engines (e.g. the models `matrl eval` compares); the
+        reward worker must score at `config.res`."""
         from policy.retrieval import default_index
 
         self.config = config
@@ -173,19 +216,33 @@ class MaterialInference:
         self.encoder = self.index.encoder if self.shared_encoder else encoder_config.build().to(self.device)
         self.greedy = Sampler(self.policy, SamplingConfig(greedy=True))
         self.sampler = Sampler(self.policy, SamplingConfig(top_p=config.top_p, temperature=config.temperature))
-        self.reward = RewardWorker(RewardConfig(res=config.res, device=str(self.device), torch_threads=None,
-                                                retain_freed_memory=False))
-        self._graphs: dict[str, tuple[Graph, GraphTokenizer]] = {}
+        if reward is not None and reward.config.res != config.res:
+            raise ValueError(f"the shared reward worker scores at {reward.config.res}, the config at {config.res}")
+        self.reward = reward or RewardWorker(RewardConfig(res=config.res, device=str(self.device), torch_threads=None,
+                                                          retain_freed_memory=False))
+        self._graphs: dict[str, tuple[Graph, GraphTokenizer, str]] = {}
 
     def _structure(self, structure_id: str) -> tuple[Graph, GraphTokenizer]:
+        """A library structure by name, or one registered by `add_structure`."""
         if structure_id not in self._graphs:
             graph = load_library_graph(structure_id)
-            self._graphs[structure_id] = (graph, GraphTokenizer(graph, self.vocab))
-        return self._graphs[structure_id]
+            self._graphs[structure_id] = (graph, GraphTokenizer(graph, self.vocab), LIBRARY_PREFIX + structure_id)
+        return self._graphs[structure_id][:2]
+
+    def add_structure(self, structure: Structure) -> str:
+        """Make a target's structure known (a library graph or any other, e.g. a dataset's generated one);
+        returns its id."""
+        if structure.structure_id not in self._graphs:
+            from graph_executor.ir import loads_graph
+
+            graph = load_library_graph(structure.structure_id) if structure.library else loads_graph(structure.graph_json)
+            self._graphs[structure.structure_id] = (graph, GraphTokenizer(graph, self.vocab), structure.reward_structure)
+        return structure.structure_id
 
     def _score(self, structure_id: str, param_sets: list[dict], target: np.ndarray, timings: dict) -> list:
         """Reward-worker results for parameter sets of one structure, all with the config's seed."""
-        results = self.reward.score(ScoreRequest(structure=LIBRARY_PREFIX + structure_id,
+        self._structure(structure_id)
+        results = self.reward.score(ScoreRequest(structure=self._graphs[structure_id][2],
                                                  seeds=[self.config.seed] * len(param_sets),
                                                  target=target, param_sets=param_sets))
         for phase in ("prepare", "execute", "render", "reward"):
@@ -211,16 +268,7 @@ class MaterialInference:
 
         cfg = self.config
         timings: dict[str, float] = {}
-        started = t = time.perf_counter()
-
-        def lap(phase: str) -> None:
-            nonlocal t
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            now = time.perf_counter()
-            timings[phase] = timings.get(phase, 0.0) + now - t
-            t = now
-
+        clock = _Clock(self.device, timings)
         if isinstance(photo, np.ndarray):
             from PIL import Image
             target = square_crop(Image.fromarray(photo), cfg.res)
@@ -228,59 +276,103 @@ class MaterialInference:
         else:
             target = load_photo(photo, cfg.res, quad)
             name = name or str(photo)
+        clock.lap("load")
+        return self.match(target, name=name, clock=clock, refine_s=cfg.refine_s)
+
+    @torch.no_grad()
+    def match(self, target: np.ndarray, structures: Sequence[Structure] | None = None, budget: int | None = None,
+              floor: bool = True, refine_s: float = 0.0, name: str = "array", clock: _Clock | None = None
+              ) -> InferenceResult:
+        """Match a (res, res, 3) uint8 target: encode, retrieve `config.structures` structures unless
+        `structures` are given (then retrieval is skipped: a synthetic target's true structure), sample
+        `budget` candidates in all (default: structures x `config.samples`; `split_budget`), score, rank,
+        the random floor when `floor`, refinement for `refine_s` seconds. `timings_s["total"]` is the wall
+        time of all of it."""
+        cfg = self.config
+        if target.shape != (cfg.res, cfg.res, 3) or target.dtype != np.uint8:
+            raise ValueError(f"{name}: match needs a ({cfg.res}, {cfg.res}, 3) uint8 target, got "
+                             f"{target.shape} {target.dtype}")
+        clock = clock or _Clock(self.device, {})
+        timings = clock.timings
         image = torch.from_numpy(np.array(target)).permute(2, 0, 1)[None].to(self.device).float() / 255
-        lap("load")
-
         encoded = self.encoder(image)
-        lap("encode")
-        if self.shared_encoder:
-            retrieved = self.index.retrieve_embedded(encoded.pooled.float().cpu().numpy(), cfg.structures)[0]
+        clock.lap("encode")
+        if structures is not None:
+            if not structures:
+                raise ValueError(f"{name}: an empty list of structures")
+            ids = [self.add_structure(s) for s in structures]
+            scores = [0.0] * len(ids)  # no retrieval: no similarity score
         else:
-            retrieved = self.index.retrieve(target, cfg.structures)
-        lap("retrieve")
+            if self.shared_encoder:
+                retrieved = self.index.retrieve_embedded(encoded.pooled.float().cpu().numpy(), cfg.structures)[0]
+            else:
+                retrieved = self.index.retrieve(target, cfg.structures)
+            ids, scores = [r.structure_id for r in retrieved], [r.score for r in retrieved]
+            clock.lap("retrieve")
+        counts = split_budget(budget if budget is not None else len(ids) * cfg.samples, len(ids))
+        ids, scores, counts = zip(*[(i, s, c) for i, s, c in zip(ids, scores, counts) if c > 0])
 
-        ids = [r.structure_id for r in retrieved]
-        structures = [self._structure(s) for s in ids]
-        batch = collate([tok.structure() for _, tok in structures])
+        structures_ = [self._structure(s) for s in ids]
+        batch = collate([tok.structure() for _, tok in structures_])
         if self.device.type == "cuda":  # few distinct shapes, so the sampler's CUDA graphs are replayed, not recaptured
             batch = pad_slots(batch, SamplingConfig().kv_bucket)
         tokens = encoded.tokens.expand(len(ids), -1, -1)
         greedy = self.greedy.sample(batch, tokens, seed=cfg.seed, samples_per_graph=1).tokens.cpu().numpy()
-        sampled = (self.sampler.sample(batch, tokens, seed=cfg.seed, samples_per_graph=cfg.samples - 1)
-                   .tokens.cpu().numpy() if cfg.samples > 1 else np.zeros((0, batch.num_slots), np.int64))
+        extra = max(counts) - 1  # top-p draws per structure; a structure with fewer candidates takes its first ones
+        sampled = (self.sampler.sample(batch, tokens, seed=cfg.seed, samples_per_graph=extra)
+                   .tokens.cpu().numpy() if extra > 0 else np.zeros((0, batch.num_slots), np.int64))
         per_structure = []
-        for g, (graph, tok) in enumerate(structures):
-            rows = [greedy[g]] + [sampled[g * (cfg.samples - 1) + j] for j in range(cfg.samples - 1)]
+        for g, ((graph, tok), count) in enumerate(zip(structures_, counts)):
+            rows = [greedy[g]] + [sampled[g * extra + j] for j in range(count - 1)]
             per_structure.append(tok.detokenize_batch(np.stack(rows)[:, :len(tok)]))
-        lap("sample")
+        clock.lap("sample")
 
         candidates: list[Candidate] = []
-        for r, param_sets in zip(retrieved, per_structure):
-            results = self._score(r.structure_id, param_sets, target, timings)
+        for sid, score, param_sets in zip(ids, scores, per_structure):
+            results = self._score(sid, param_sets, target, timings)
             for j, (params, res) in enumerate(zip(param_sets, results)):
-                candidates.append(Candidate(r.structure_id, "greedy" if j == 0 else "sampled", params, res.reward,
-                                            res.ok, res.error, r.score))
+                candidates.append(Candidate(sid, "greedy" if j == 0 else "sampled", params, res.reward,
+                                            res.ok, res.error, score))
         candidates.sort(key=lambda c: c.reward if c.ok else -math.inf, reverse=True)
-        t = time.perf_counter()  # the reward worker's own timings split this phase
+        clock.skip()  # the reward worker's own timings split this phase
         best = candidates[0]
-        floor = self.random_floor(best.structure_id, target, {})
-        lap("floor")
+        floor_reward = math.nan
+        if floor:
+            floor_reward = self.random_floor(best.structure_id, target, {})
+            clock.lap("floor")
 
         graph, _ = self._structure(best.structure_id)
-        best_params, best_reward, refine_summary = best.params, best.reward, None
-        if cfg.refine_s > 0 and best.ok:
-            from matrl.infer.refine import RefineConfig, Refiner
+        timings["total"] = clock.total()
+        result = InferenceResult(name, target, candidates, best, graph.with_params(best.params), best.reward,
+                                 floor_reward, timings)
+        if refine_s > 0:
+            result = self.refine(result, refine_s, image)
+        return result
 
-            refiner = Refiner(self.reward.metric, cfg.res, self.device, RefineConfig(budget_s=cfg.refine_s, seed=cfg.seed))
+    def refine(self, result: InferenceResult, budget_s: float, image: torch.Tensor | None = None) -> InferenceResult:
+        """A copy of `result` whose best candidate was post-optimised for `budget_s` seconds (`refine.py`; kept
+        only if it improved); `timings_s` gains "refine" and its "total" grows by the refinement's wall time."""
+        from matrl.infer.refine import RefineConfig, Refiner
+
+        cfg = self.config
+        timings = dict(result.timings_s)
+        clock = _Clock(self.device, timings)
+        best = result.best
+        graph, _ = self._structure(best.structure_id)
+        best_params, best_reward, summary = best.params, best.reward, None
+        if best.ok:
+            if image is None:
+                image = torch.from_numpy(np.array(result.target)).permute(2, 0, 1)[None].to(self.device).float() / 255
+            refiner = Refiner(self.reward.metric, cfg.res, self.device, RefineConfig(budget_s=budget_s, seed=cfg.seed))
             with torch.enable_grad():
                 refined = refiner.refine(graph, best.params, image, seed=cfg.seed)
-            refine_summary = refined.as_dict()
+            summary = refined.as_dict()
             if refined.improved:
                 best_params, best_reward = refined.params, refined.reward
-            lap("refine")
-        timings["total"] = time.perf_counter() - started
-        return InferenceResult(name, target, candidates, best, graph.with_params(best_params), best_reward, floor,
-                               timings, refine_summary)
+        clock.lap("refine")
+        timings["total"] = result.timings_s.get("total", 0.0) + timings["refine"]
+        return replace(result, best_graph=graph.with_params(best_params), best_reward=best_reward,
+                       timings_s=timings, refine=summary)
 
     def write(self, result: InferenceResult, out_dir: str | Path) -> dict[str, Path]:
         """Write graph.json, the five maps and render.png at `out_res`, material.gltf (+ packed texture),
@@ -320,10 +412,23 @@ class MaterialInference:
         files["summary"].write_text(json.dumps(summary, indent=1))
         return files
 
-    def _render(self, structure_id: str, params: dict) -> np.ndarray:
+    def render(self, structure_id: str, params: dict) -> torch.Tensor:
+        """The flash render (1, 3, res, res) float in [0, 1] of a candidate, at `res` with the config's seed:
+        the image its reward was computed from."""
         graph, _ = self._structure(structure_id)
         plan = Plan(graph)
         with torch.no_grad():
-            image = render_flash(plan.run(plan.stack([params], device=self.device), res=self.config.res,
-                                          seed=self.config.seed, device=self.device))[0]
+            return render_flash(plan.run(plan.stack([params], device=self.device), res=self.config.res,
+                                         seed=self.config.seed, device=self.device))
+
+    def render_graph(self, graph: Graph) -> torch.Tensor:
+        """The flash render (1, 3, res, res) of a graph with its own parameter values (e.g. a result's
+        `best_graph`, refined or not), at `res` with the config's seed."""
+        plan = Plan(graph)
+        with torch.no_grad():
+            return render_flash(plan.run(plan.stack(device=self.device), res=self.config.res, seed=self.config.seed,
+                                         device=self.device))
+
+    def _render(self, structure_id: str, params: dict) -> np.ndarray:
+        image = self.render(structure_id, params)[0]
         return (image.clamp(0, 1) * 255 + 0.5).byte().permute(1, 2, 0).cpu().numpy()
