@@ -19,7 +19,8 @@ def test_demo_runs_the_actor_learner_and_its_reward_rises(tmp_path):
         ray.shutdown()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["reward_after"] > summary["reward_before"], summary
-    assert summary["iterations"] == 8 and summary["trajectories"] == 8 * 64
+    assert summary["sample_reward_after"] > summary["sample_reward_before"], summary
+    assert summary["iterations"] == 8 and summary["trajectories"] == 8 * 256
     train = json.loads((out / "train" / "summary.json").read_text())
     assert train["val_reward_pretrained"] == summary["reward_before"]
     assert (out / "train" / "checkpoints" / "latest" / "model.safetensors").is_file()

@@ -35,7 +35,7 @@ def job_args(init, out, iterations=2, *extra):
     sets = {"init": str(init), "iterations": iterations, "targets.synthetic.graphs": f"[{','.join(GRAPHS)}]",
             "rollout.targets_per_worker": 2, "rollout.sampling.samples_per_target": 4, "rollout.num_cpus": 0.25,
             "rollout.timeout_s": 300, "learner.num_cpus": 0.25, "reward.workers": 1, "validation.targets": 4,
-            "validation.every": 1, "ppo.minibatch": 8, "ppo.epochs": 2}
+            "validation.every": 1, "validation.samples": 2, "ppo.minibatch": 8, "ppo.epochs": 2}
     args = ["train", "--config", "tiny", "--out", str(out), "--no-progress"]
     for key, value in sets.items():
         args += ["--set", f"{key}={value}"]
@@ -57,6 +57,10 @@ def test_train_runs_checkpoints_and_resumes_exactly(cluster, init_checkpoint, tm
     assert (straight / "checkpoints" / "best" / "model.safetensors").is_file()
     lines = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in lines] == [1, 2]
+    # sampled validation: [iteration, expected top-p reward, top-1 of 2] before RL and after each iteration
+    history = summary["val_sample_history"]
+    assert [row[0] for row in history] == [0, 1, 2] and all(row[2] >= row[1] for row in history)
+    assert lines[-1]["val_sample_reward"] == history[-1][1]
     assert list((straight / "tensorboard").iterdir())
     # an interrupted run (1 iteration) resumed to 2 makes the same second iteration
     assert main(job_args(init_checkpoint, split, 1)) == 0

@@ -44,9 +44,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from graph_executor.executor import SUPPORTED_RES
 from learner.stats import Stat
-from matrl.infer.pipeline import InferConfig, InferenceResult, MaterialInference, resolve_device
+from matrl.infer.pipeline import InferConfig, InferenceResult, MaterialInference, resolve_device, supported_res
 from rollout_workers.targets import Structure
 
 FALLBACK_TEST_PRESET = ("pretrain", "online")  # its data.held_out.library: the project's held-out library graphs
@@ -77,10 +76,7 @@ class EvalConfig(BaseModel):
     @field_validator("res")
     @classmethod
     def _supported(cls, value: int) -> int:
-        if value not in SUPPORTED_RES:
-            raise ValueError(f"resolution {value} is not supported; use a power of two in "
-                             f"{SUPPORTED_RES[0]}..{SUPPORTED_RES[-1]}")
-        return value
+        return supported_res(value)
 
     @field_validator("budgets")
     @classmethod

@@ -132,6 +132,14 @@ class _Clock:
         return time.perf_counter() - self.started
 
 
+def supported_res(value: int) -> int:
+    """`value` if the executor renders at it, else a ValueError naming the choices (config validators)."""
+    if value not in SUPPORTED_RES:
+        raise ValueError(f"resolution {value} is not supported; use a power of two in "
+                         f"{SUPPORTED_RES[0]}..{SUPPORTED_RES[-1]}")
+    return value
+
+
 class InferConfig(BaseModel):
     """What `matrl infer` does with a photo (the CLI flags map onto these fields)."""
 
@@ -152,10 +160,7 @@ class InferConfig(BaseModel):
     @field_validator("res", "out_res")
     @classmethod
     def _supported(cls, value: int) -> int:
-        if value not in SUPPORTED_RES:
-            raise ValueError(f"resolution {value} is not supported; use a power of two in "
-                             f"{SUPPORTED_RES[0]}..{SUPPORTED_RES[-1]}")
-        return value
+        return supported_res(value)
 
 
 @dataclass

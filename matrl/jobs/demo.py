@@ -134,6 +134,8 @@ def run_demo(config: DemoConfig) -> Path:
 
     history = summary["val_history"]
     reward_before, reward_after = history[0][1], history[-1][1]
+    sampled = summary.get("val_sample_history") or []
+    sample_before, sample_after = (sampled[0][1], sampled[-1][1]) if sampled else (None, None)
     wall = time.perf_counter() - started
     curves = plot_run(out / "train", out / "curves.png", title="matrl demo: PPO on the tiny preset")
 
@@ -145,6 +147,11 @@ def run_demo(config: DemoConfig) -> Path:
     page.table(["policy", "mean reward (validation, reward service)"],
                [["pre-trained", reward_before], ["after RL", reward_after],
                 ["best during RL", summary["val_reward_best"]]])
+    if sampled:
+        page.heading("Expected reward of the policy's samples on the same targets")
+        page.table(["policy", f"mean reward of {train_config.validation.samples} top-p samples per target",
+                    f"mean top-1 of {train_config.validation.samples}"],
+                   [["pre-trained", sampled[0][1], sampled[0][2]], ["after RL", sampled[-1][1], sampled[-1][2]]])
     page.image(curves, caption="training reward, validation reward and policy drift per iteration")
     page.heading("Before and after, held-out targets")
     page.paragraph("Each row: the target (a parameter draw never trained on), the pre-trained policy's greedy "
@@ -162,6 +169,7 @@ def run_demo(config: DemoConfig) -> Path:
                     ImageCell(a[0], f"after {a[1]:+.3f}")]], header=["photo", "pre-trained", "after RL"])
     report = page.write(out / "report.html")
     result = {"reward_before": reward_before, "reward_after": reward_after, "wall_s": wall,
+              "sample_reward_before": sample_before, "sample_reward_after": sample_after,
               "val_reward_best": summary["val_reward_best"], "iterations": summary["iterations"],
               "trajectories": summary["trajectories"], "trajectories_per_s": summary["trajectories_per_s"],
               "examples_before": float(np.mean([b[1] for b in before])),
