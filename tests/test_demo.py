@@ -14,13 +14,13 @@ from matrl.reports.browser import check_images, find_chromium
 def test_demo_runs_the_actor_learner_and_its_reward_rises(tmp_path):
     out = tmp_path / "demo"
     try:
-        assert main(["demo", "--out", str(out), "--iterations", "8", "--examples", "4"]) == 0
+        assert main(["demo", "--out", str(out), "--iterations", "4", "--examples", "4"]) == 0
     finally:
         ray.shutdown()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["reward_after"] > summary["reward_before"], summary
     assert summary["sample_reward_after"] > summary["sample_reward_before"], summary
-    assert summary["iterations"] == 8 and summary["trajectories"] == 8 * 256
+    assert summary["iterations"] == 4 and summary["trajectories"] == 4 * 256
     train = json.loads((out / "train" / "summary.json").read_text())
     assert train["val_reward_pretrained"] == summary["reward_before"]
     assert (out / "train" / "checkpoints" / "latest" / "model.safetensors").is_file()

@@ -20,9 +20,9 @@ def run_json(script: str, *args: str, timeout: float = 600) -> object:
 
 
 def test_reward_worker_scaling_reports_every_point_with_its_time_split():
-    rows = run_json("reward_worker_scaling.py", "--quick", "--workers", "1,2", "--configs", "16,4:noretain")
+    rows = run_json("reward_worker_scaling.py", "--quick", "--workers", "1,2", "--configs", "4:noretain")
     assert [(r["workers"], r["micro_batch"], r["retain_freed_memory"]) for r in rows] == \
-        [(1, 16, True), (1, 4, False), (2, 16, True), (2, 4, False)]
+        [(1, 4, False), (2, 4, False)]
     for r in rows:
         assert r["samples_per_s"] > 0 and r["per_process"] == pytest.approx(r["samples_per_s"] / r["workers"])
         assert r["execute_ms"] > 0 and r["reward_ms"] > 0

@@ -32,7 +32,11 @@ def test_tiny_preset_raises_validation_reward_for_three_seeds(tmp_path):
             ray.shutdown()
         summary = json.loads((out / "summary.json").read_text())
         history = [v for _, v in summary["val_history"]]
-        results[seed] = (summary["val_reward_pretrained"], max(history[1:]), history[-1])
-    for seed, (before, best, last) in results.items():
+        sampled = [v for _, v, _ in summary["val_sample_history"]]
+        results[seed] = (summary["val_reward_pretrained"], max(history[1:]), history[-1], sampled[0], sampled[-1])
+        print(f"seed {seed}: greedy {[round(v, 4) for v in history]} sampled {[round(v, 4) for v in sampled]} "
+              f"wall {summary['wall_s']:.0f} s", flush=True)
+    for seed, (before, best, last, sampled_before, sampled_last) in results.items():
         assert best >= before + MARGIN_BEST, (seed, results)
         assert last > before, (seed, results)
+        assert sampled_last > sampled_before, (seed, results)
