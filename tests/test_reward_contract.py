@@ -17,7 +17,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-import ray
 from PIL import Image
 
 from graph_executor.library import library_names, load_library_graph
@@ -27,6 +26,7 @@ from reward_service.pool import PoolConfig, RewardPool
 from reward_service.proto import reward_pb2
 from reward_service.server import BackgroundServer, ServerConfig
 from reward_service.worker import ScoreRequest
+from tests.service_helpers import local_ray_service
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_CLIENT = REPO / "examples" / "node_client"
@@ -48,16 +48,11 @@ TARGET = target_png()
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    token = tmp_path_factory.mktemp("auth") / "token"
-    token.write_text(TOKEN)
-    server = BackgroundServer(RewardPool(REWARD, PoolConfig(workers=1)), ServerConfig(port=0, token_file=token))
-    try:
-        server.start(timeout_s=300)
-        yield server
-    finally:
-        server.stop()
-        ray.shutdown()
+    with local_ray_service() as start:
+        token = tmp_path_factory.mktemp("auth") / "token"
+        token.write_text(TOKEN)
+        server = BackgroundServer(RewardPool(REWARD, PoolConfig(workers=1)), ServerConfig(port=0, token_file=token))
+        yield start(server)
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from reward_service.pool import PoolConfig, RewardPool, SlotState
 from reward_service.proto import reward_pb2
 from reward_service.server import BackgroundServer, ServerConfig
 from reward_service.worker import ScoreRequest
+from tests.service_helpers import local_ray_service
 
 TOKEN, ADMIN = "scoring-token-limits", "admin-token-limits"
 WORKER_STORE = 2 << 20   # ~4 descriptors of 0.47 MB (EfficientNet-Lite0) per worker
@@ -63,19 +64,14 @@ def request(n: int, target=TARGET) -> ScoreRequest:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    auth = tmp_path_factory.mktemp("auth")
-    (auth / "token").write_text(TOKEN)
-    (auth / "admin").write_text(ADMIN)
-    pool = RewardPool(REWARD, PoolConfig(workers=1, max_workers=8, max_target_store_bytes=POOL_STORE))
-    server = BackgroundServer(pool, ServerConfig(port=0, chunk_samples=CHUNK, token_file=auth / "token",
-                                                 admin_token_file=auth / "admin"))
-    try:
-        server.start(timeout_s=300)
-        yield server
-    finally:
-        server.stop()
-        ray.shutdown()
+    with local_ray_service() as start:
+        auth = tmp_path_factory.mktemp("auth")
+        (auth / "token").write_text(TOKEN)
+        (auth / "admin").write_text(ADMIN)
+        pool = RewardPool(REWARD, PoolConfig(workers=1, max_workers=8, max_target_store_bytes=POOL_STORE))
+        server = BackgroundServer(pool, ServerConfig(port=0, chunk_samples=CHUNK, token_file=auth / "token",
+                                                     admin_token_file=auth / "admin"))
+        yield start(server)
 
 
 @pytest.fixture

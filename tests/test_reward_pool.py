@@ -19,6 +19,7 @@ from reward_service.config import MetricConfig, RewardConfig
 from reward_service.pool import PoolConfig, RewardPool, SlotState
 from reward_service.server import BackgroundServer, ServerConfig
 from reward_service.worker import ScoreRequest
+from tests.service_helpers import local_ray_service
 
 REWARD = RewardConfig(res=64, metric=MetricConfig(image_res=64))
 GRAPH = json.dumps({"format": "matrl.graph/1", "name": "pooled", "nodes": {
@@ -38,17 +39,12 @@ ADMIN = "admin-token-pool"
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    admin_file = tmp_path_factory.mktemp("admin") / "admin_token"
-    admin_file.write_text(ADMIN)
-    server = BackgroundServer(RewardPool(REWARD, PoolConfig(workers=1, max_restarts=1, min_workers=0)),
-                              ServerConfig(port=0, chunk_samples=CHUNK, admin_token_file=admin_file))
-    try:
-        server.start(timeout_s=300)
-        yield server
-    finally:
-        server.stop()
-        ray.shutdown()
+    with local_ray_service() as start:
+        admin_file = tmp_path_factory.mktemp("admin") / "admin_token"
+        admin_file.write_text(ADMIN)
+        server = BackgroundServer(RewardPool(REWARD, PoolConfig(workers=1, max_restarts=1, min_workers=0)),
+                                  ServerConfig(port=0, chunk_samples=CHUNK, admin_token_file=admin_file))
+        yield start(server)
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import json
 
 import numpy as np
 import pytest
-import ray
 from pydantic import ValidationError
 
 from reward_service.client import RewardClient
@@ -19,6 +18,7 @@ from reward_service.config import MetricConfig, RewardConfig
 from reward_service.pool import InsufficientResources, PoolConfig, RewardPool
 from reward_service.server import BackgroundServer, ServerConfig
 from reward_service.worker import RewardWorker, ScoreRequest
+from tests.service_helpers import local_ray_service
 
 REWARD = RewardConfig(res=64, metric=MetricConfig(image_res=64))
 GRAPH = json.dumps({"format": "matrl.graph/1", "name": "mixed", "nodes": {
@@ -39,16 +39,11 @@ def request(n: int) -> ScoreRequest:
 
 @pytest.fixture(scope="module")
 def service():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    pool = RewardPool(REWARD, PoolConfig(workers=1, gpu_workers=1, gpu_device="cpu", gpu_task_samples=GPU_TASK,
-                                         gpu_overrides={"micro_batch": 16}))
-    server = BackgroundServer(pool, ServerConfig(port=0, chunk_samples=CPU_TASK))
-    try:
-        server.start(timeout_s=300)
-        yield server
-    finally:
-        server.stop()
-        ray.shutdown()
+    with local_ray_service() as start:
+        pool = RewardPool(REWARD, PoolConfig(workers=1, gpu_workers=1, gpu_device="cpu", gpu_task_samples=GPU_TASK,
+                                             gpu_overrides={"micro_batch": 16}))
+        server = BackgroundServer(pool, ServerConfig(port=0, chunk_samples=CPU_TASK))
+        yield start(server)
 
 
 def test_gpu_workers_take_big_tasks_and_results_equal_one_worker(service):

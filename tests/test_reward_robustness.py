@@ -36,6 +36,7 @@ from reward_service.pool import PoolConfig, RewardPool
 from reward_service.proto import reward_pb2
 from reward_service.server import BackgroundServer, ServerConfig
 from reward_service.worker import ScoreRequest
+from tests.service_helpers import local_ray_service
 
 MAX_MESSAGE = 2 << 20
 WORKERS = 2
@@ -79,15 +80,10 @@ VALID = encode_request([good(2)])
 
 @pytest.fixture(scope="module")
 def service():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    server = BackgroundServer(RewardPool(REWARD, PoolConfig(workers=WORKERS)),
-                              ServerConfig(port=0, max_message_bytes=MAX_MESSAGE))
-    try:
-        server.start(timeout_s=300)
-        yield server
-    finally:
-        server.stop()
-        ray.shutdown()
+    with local_ray_service() as start:
+        server = BackgroundServer(RewardPool(REWARD, PoolConfig(workers=WORKERS)),
+                                  ServerConfig(port=0, max_message_bytes=MAX_MESSAGE))
+        yield start(server)
 
 
 @pytest.fixture(scope="module")

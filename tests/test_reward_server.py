@@ -15,7 +15,6 @@ import math
 import grpc
 import numpy as np
 import pytest
-import ray
 from PIL import Image
 
 from matrl.cli import build_parser, main
@@ -27,6 +26,7 @@ from reward_service.pool import PoolConfig, RewardPool
 from reward_service.proto import reward_pb2
 from reward_service.server import BackgroundServer, RewardServer, ServerConfig
 from reward_service.worker import RewardWorker, ScoreRequest
+from tests.service_helpers import local_ray_service
 
 TOKEN = "test-token-4f1c"
 MAX_MESSAGE = 1 << 20
@@ -57,17 +57,12 @@ def good_request(n: int = 3, target=TARGET) -> ScoreRequest:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    token_file = tmp_path_factory.mktemp("auth") / "token"
-    token_file.write_text(TOKEN + "\n")
-    server = BackgroundServer(RewardPool(REWARD, PoolConfig(workers=1)),
-                              ServerConfig(port=0, token_file=token_file, max_message_bytes=MAX_MESSAGE))
-    try:
-        server.start(timeout_s=300)
-        yield server
-    finally:
-        server.stop()
-        ray.shutdown()
+    with local_ray_service() as start:
+        token_file = tmp_path_factory.mktemp("auth") / "token"
+        token_file.write_text(TOKEN + "\n")
+        server = BackgroundServer(RewardPool(REWARD, PoolConfig(workers=1)),
+                                  ServerConfig(port=0, token_file=token_file, max_message_bytes=MAX_MESSAGE))
+        yield start(server)
 
 
 @pytest.fixture
