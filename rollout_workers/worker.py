@@ -131,9 +131,10 @@ class RolloutWorker:
         images = images.to(self.device, torch.float32) / 255.0
         return self.encoder(images).tokens
 
-    def _sample(self, targets: Sequence[Target], structures: Sequence[Structure], seed: int, n: int, greedy: bool):
+    def _sample(self, targets: Sequence[Target], structures: Sequence[Structure], seed: int, n: int, greedy: bool,
+                image_tokens: torch.Tensor | None = None):
         graphs = [self._structure(s) for s in structures]
-        image_tokens = self._encode(targets)
+        image_tokens = self._encode(targets) if image_tokens is None else image_tokens
         batch = collate(graphs)
         sampler = self.greedy if greedy else self.sampler
         result = sampler.sample(batch, image_tokens, seed=seed, samples_per_graph=n)
@@ -209,7 +210,7 @@ class RolloutWorker:
         structures = [t.structures[0] for t in targets]
         rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 2])
         exec_seeds = rng.integers(0, 2**31 - 1, size=(len(targets), 1))
-        graphs, _, result = self._sample(targets, structures, 0, 1, True)
+        graphs, image_tokens, result = self._sample(targets, structures, 0, 1, True)
         scores = self._score(targets, structures, graphs, result, 1, exec_seeds)
         rewards = [s[0].reward for s in scores]
         tokens = result.tokens.cpu().numpy()
@@ -220,7 +221,8 @@ class RolloutWorker:
                "failures": int(sum(not s[0].ok for s in scores))}
         if samples > 0:
             sample_seeds = np.repeat(exec_seeds, samples, axis=1)  # the greedy draw's render seed
-            _, _, drawn = self._sample(targets, structures, int(rng.integers(2**31 - 1)), samples, False)
+            _, _, drawn = self._sample(targets, structures, int(rng.integers(2**31 - 1)), samples, False,
+                                       image_tokens)  # the targets are encoded once
             sampled = [[r.reward for r in row] for row in self._score(targets, structures, graphs, drawn,
                                                                       samples, sample_seeds)]
             out.update({"samples": samples, "sample_rewards": sampled,

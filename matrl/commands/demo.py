@@ -19,7 +19,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory (report, summary, run)")
     parser.add_argument("--preset", default="tiny", help="train preset to run (default: tiny)")
     parser.add_argument("--iterations", type=int, default=8,
-                        help="PPO iterations of 256 trajectories (default 8; the tiny preset's own is 20)")
+                        help="PPO iterations (default 8; the tiny preset's own run is 20)")
     parser.add_argument("--examples", type=int, default=8, help="held-out targets shown before/after in the report")
     parser.add_argument("--photos", type=Path, default=None,
                         help="directory of photos, one shown in the report (default: ../shared/real_photos)")

@@ -521,7 +521,8 @@ class TrainJob:
                 state["val_reward_pretrained"] = state["val_reward_best"] = val["reward_mean"]
                 state["val_history"].append([0, val["reward_mean"]])
                 metrics_sink.scalar("val_reward", val["reward_mean"], 0)
-                self._record_sampled_validation(val, 0, metrics_sink=metrics_sink)
+                for key, value in self._record_sampled_validation(val, 0).items():
+                    metrics_sink.scalar(key, value, 0)
                 print(f"[train] validation before RL: greedy reward {val['reward_mean']:+.4f} on "
                       f"{len(val['rewards'])} held-out targets", flush=True)
                 (self.out / "validation_pretrained.json").write_text(json.dumps(val))
@@ -557,7 +558,7 @@ class TrainJob:
             metrics["val_reward"] = val["reward_mean"]
             metrics["phase/validate_s"] = time.perf_counter() - t
             state["val_history"].append([iteration + 1, val["reward_mean"]])
-            self._record_sampled_validation(val, iteration + 1, metrics)
+            metrics.update(self._record_sampled_validation(val, iteration + 1))
             if val["reward_mean"] > state["val_reward_best"]:
                 state["val_reward_best"] = val["reward_mean"]
                 state["val_best_iteration"] = iteration + 1
@@ -576,19 +577,15 @@ class TrainJob:
             metrics["phase/checkpoint_s"] = time.perf_counter() - t
         sink.iteration(iteration + 1, metrics)
 
-    def _record_sampled_validation(self, val: dict, iteration: int, metrics: dict | None = None,
-                                   metrics_sink=None) -> None:
-        """val_sample_history gets [iteration, expected reward of top-p samples, top-1 of N] when
-        `validation.samples` > 0 (the greedy reward stays in val_history)."""
+    def _record_sampled_validation(self, val: dict, iteration: int) -> dict[str, float]:
+        """Appends [iteration, expected reward of top-p samples, top-1 of N] to val_sample_history
+        when `validation.samples` > 0 (the greedy reward stays in val_history); returns them as
+        metrics ({} without samples)."""
         if "sample_reward_mean" not in val:
-            return
+            return {}
         row = [iteration, val["sample_reward_mean"], val["best_of_n_mean"]]
         self.state.setdefault("val_sample_history", []).append(row)
-        if metrics is not None:
-            metrics.update({"val_sample_reward": row[1], "val_best_of_n": row[2]})
-        if metrics_sink is not None:
-            metrics_sink.scalar("val_sample_reward", row[1], iteration)
-            metrics_sink.scalar("val_best_of_n", row[2], iteration)
+        return {"val_sample_reward": row[1], "val_best_of_n": row[2]}
 
     def _run_sync(self, sink) -> None:
         cfg, rt = self.config, self.runtime
