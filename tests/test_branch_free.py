@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 import graph_executor.nodes._common as common
 from graph_executor.executor import Plan
@@ -98,6 +99,46 @@ def test_branch_free_nodes_do_not_wait_for_the_gpu():
               for type_ in ("worley", "levels", "transform_2d", "blend")}
     assert counts["worley"] == counts["levels"] == counts["transform_2d"] == 0, counts
     assert counts["blend"] <= 1, counts
+
+
+class _CountHostReads(TorchFunctionMode):
+    """Counts the tensor calls that must wait for a GPU (their result lives on the host, or their
+    output size depends on the data): the CPU stand-in for torch's CUDA sync debug mode."""
+
+    WAITS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "unique", "nonzero",
+             "masked_select", "unique_consecutive"}
+
+    def __init__(self):
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in self.WAITS:
+            self.reads.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_branch_free_paths_read_the_host_at_most_once_without_a_gpu(monkeypatch):
+    """The CPU run of the CUDA test below (which CI cannot run): on the branch-free paths worley,
+    levels and transform_2d read nothing on the host and blend reads its modes in one transfer
+    (two reads, torch.unique and .tolist(), once made the H200 test fail)."""
+    from graph_executor.executor import NodeContext, _value_tensor
+    from graph_executor.registry import load_node_library
+    from graph_executor.schema import PortKind
+    monkeypatch.setattr(common, "FORCE_BRANCH_FREE", True)
+    counts = {}
+    for type_ in ("worley", "levels", "transform_2d", "blend", "blend_color"):
+        spec, params = load_node_library()[type_], random_params(type_, 8, seed=2)
+        inputs = {port: torch.rand(len(params), 3 if kind is PortKind.COLOR else 1, 32, 32)
+                  for port, kind in spec.inputs.items()}
+        tensors = {p.name: _value_tensor(p, [ps[p.name] for ps in params], "cpu") for p in spec.params}
+        ctx = NodeContext(32, len(params), torch.device("cpu"), torch.arange(len(params)), {})
+        with _CountHostReads() as mode, torch.no_grad():
+            spec.fn(ctx, inputs, tensors)
+        counts[type_] = mode.reads
+    assert counts["worley"] == counts["levels"] == counts["transform_2d"] == [], counts
+    assert counts["blend"] == counts["blend_color"] == ["tolist"], counts
 
 
 def _host_reads(type_: str, params: list[dict]) -> int:

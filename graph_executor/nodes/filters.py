@@ -106,8 +106,14 @@ def _blend(ctx, inputs, p):
     channels = max(fg.shape[1], bg.shape[1])
     fg, bg = fg.expand(-1, channels, -1, -1), bg.expand(-1, channels, -1, -1)
     if branch_free(ctx):
-        # compiled: all modes, fused; eager GPU: the modes present, read in one host transfer
-        present = range(len(BLEND_MODES)) if torch.compiler.is_compiling() else torch.unique(p["mode"]).tolist()
+        # compiled: all modes, fused; eager GPU: the modes present, read in one host transfer (a
+        # fixed-size presence mask: torch.unique would wait for the GPU twice, for its size and values)
+        if torch.compiler.is_compiling():
+            present = range(len(BLEND_MODES))
+        else:
+            modes = torch.arange(len(BLEND_MODES), device=p["mode"].device)
+            hits = (p["mode"].reshape(-1, 1) == modes).any(0).tolist()
+            present = [index for index, hit in enumerate(hits) if hit]
         mixed = _blend_selected(p["mode"], present, fg, bg)
         alpha = bc(p["opacity"]) if mask is None else bc(p["opacity"]) * mask
         return {"out": torch.lerp(bg, mixed.clamp(0, 1), alpha)}
