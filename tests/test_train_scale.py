@@ -61,3 +61,38 @@ def test_scale_changes_live_counts_of_a_running_job(ray_head, tmp_path):
     assert lines[-1]["reward_workers"] == 2
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trajectories"] == sum(m["trajectories"] for m in lines)
+
+
+def test_gpu_reward_actors_are_not_counted_as_the_reward_workers_to_scale():
+    """`reward.workers` counts CPU reward workers; GPU reward actors are a fixed number beside them.
+    Comparing the pool's total with the asked-for count re-asked for the same size every iteration
+    (the H200 smoke run printed 'scaling reward workers 13 -> 12' each time)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from matrl.jobs.control import JobControl
+    from matrl.jobs.runtime import LocalRuntime
+    from matrl.jobs.train import TrainJob
+
+    resized = []
+
+    class Pool:  # three CPU workers and one GPU reward actor
+        size = 3
+
+        def status(self):
+            return {"workers": 4, "ready": 4}
+
+        async def resize(self, workers):
+            resized.append(workers)
+            self.size = workers
+
+    rt = LocalRuntime()
+    job = object.__new__(TrainJob)
+    job.runtime, job.rollouts = rt, [object()]
+    job.server = SimpleNamespace(pool=Pool(), run=lambda coro, timeout_s=None: asyncio.run(coro))
+    job.config = SimpleNamespace(rollout=SimpleNamespace(timeout_s=5.0))
+    job.control = rt.actor(JobControl, "j", {"rollout": (1, 2), "reward": (1, 8)}, {"rollout": 1, "reward": 3}, True)
+    assert job._apply_scaling() == {"rollout": 1, "reward": 3} and resized == []
+    rt.get(rt.call(job.control, "request", None, 5))
+    assert job._apply_scaling() == {"rollout": 1, "reward": 5} and resized == [5]
+    assert rt.get(rt.call(job.control, "status"))["live"]["reward"] == 5

@@ -394,8 +394,10 @@ class TrainJob:
         so no running rollout is cut short); returns the live counts. In asynchronous mode `retire`
         takes the rollout workers to remove instead: they finish their rollout first."""
         rt = self.runtime
+        # the CPU workers: what `resize` and the control count (GPU reward actors are a fixed number
+        # beside them; comparing the total once re-asked for the same size every iteration)
         live = {"rollout": len(self.rollouts),
-                "reward": self.server.pool.status()["workers"] if self.server is not None else 0}
+                "reward": self.server.pool.size if self.server is not None else 0}
         if self.control is None:
             return live
         want = rt.get(rt.call(self.control, "desired"))
@@ -415,7 +417,7 @@ class TrainJob:
                 self.server.run(self.server.pool.resize(want["reward"]), timeout_s=self.config.rollout.timeout_s)
             except Exception as err:  # noqa: BLE001 - keep training with what the pool has; say why
                 print(f"[train] reward pool resize to {want['reward']} failed: {err}", flush=True)
-        live = {"rollout": len(self.rollouts), "reward": self.server.pool.status()["workers"] if self.server else 0}
+        live = {"rollout": len(self.rollouts), "reward": self.server.pool.size if self.server else 0}
         rt.get(rt.call(self.control, "report", live))
         return live
 
