@@ -36,6 +36,7 @@ FORMAT = "matrl.checkpoint/1"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TRAINER_STATE = "trainer_state.pt"
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"  # the released policy (models/*/, MODEL_CARD.md)
 _CHECKPOINT_DIR = re.compile(r"^(?:epoch|step)_(\d{4,})$")  # epoch_NNNN (stored data), step_NNNNNNNN (online)
 
 
@@ -227,6 +228,26 @@ def load_trainer_state(path: str | Path) -> dict[str, Any]:
         return torch.load(file, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
         raise CheckpointError(f"{file}: cannot be loaded ({type(err).__name__}: {err})") from None
+
+
+def released_checkpoint(models_dir: str | Path = MODELS_DIR) -> Path:
+    """The released policy checkpoint: the one directory under `models/` that holds a checkpoint
+    (config.json + model.safetensors; its MODEL_CARD.md says how it was trained). Raises
+    CheckpointError saying what to pass when there is none or more than one.
+
+        policy, info = load_policy(released_checkpoint())     # offline: the weights are in the repo
+    """
+    models_dir = Path(models_dir)
+    found = sorted(p for p in models_dir.glob("*/") if (p / CONFIG).is_file()
+                   and (p / WEIGHTS).is_file()) if models_dir.is_dir() else []
+    if not found:
+        raise CheckpointError(f"no released policy checkpoint under {models_dir}/: pass --checkpoint DIR, a "
+                              "checkpoint directory written by `matrl pretrain` or `matrl train` (it holds "
+                              "config.json and model.safetensors)")
+    if len(found) > 1:
+        raise CheckpointError(f"several checkpoints under {models_dir}/ ({', '.join(p.name for p in found)}): "
+                              "pass --checkpoint DIR to choose one")
+    return found[0]
 
 
 def latest_checkpoint(run_checkpoints: str | Path) -> Path | None:

@@ -19,7 +19,8 @@ from graph_executor.library import load_library_graph
 from graph_executor.render import render_flash
 from matrl.cli import main
 from matrl.infer.photo import PhotoError, load_photo, parse_quad, rectify
-from matrl.infer.pipeline import InferConfig, MaterialInference, default_checkpoint
+from matrl.infer.pipeline import InferConfig, MaterialInference
+from policy.checkpoint import released_checkpoint
 from policy.checkpoint import CheckpointError, save_checkpoint
 from policy.encoders import EncoderConfig
 from tests.rl_helpers import tiny_policy
@@ -219,18 +220,18 @@ def test_bad_photos_get_a_clear_error_naming_the_file(tmp_path, kind, message, c
 
 def test_default_checkpoint_finds_the_one_released_model_or_says_what_to_pass(tmp_path, checkpoint):
     with pytest.raises(CheckpointError, match="--checkpoint"):
-        default_checkpoint(tmp_path / "models")
+        released_checkpoint(tmp_path / "models")
     models = tmp_path / "models"
     models.mkdir()
     (models / "README.md").write_text("model card")
     with pytest.raises(CheckpointError, match="--checkpoint"):
-        default_checkpoint(models)
+        released_checkpoint(models)
     import shutil
     shutil.copytree(checkpoint, models / "v1")
-    assert default_checkpoint(models) == models / "v1"
+    assert released_checkpoint(models) == models / "v1"
     shutil.copytree(checkpoint, models / "v2")
     with pytest.raises(CheckpointError, match="several"):
-        default_checkpoint(models)
+        released_checkpoint(models)
 
 
 def test_bad_flags_and_checkpoints_are_one_line_errors(tmp_path, library_photo, capsys):

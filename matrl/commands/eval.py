@@ -81,10 +81,10 @@ def register(subparsers) -> None:
 
 def _models(args: argparse.Namespace):
     from matrl.infer.evaluate import ModelSpec
-    from matrl.infer.pipeline import default_checkpoint
+    from policy.checkpoint import released_checkpoint
     from policy.checkpoint import read_checkpoint_info
 
-    checkpoints = [args.checkpoint if args.checkpoint is not None else default_checkpoint()]
+    checkpoints = [args.checkpoint if args.checkpoint is not None else released_checkpoint()]
     if args.baseline is not None:
         checkpoints.append(args.baseline)
     for flag, path in zip(("--checkpoint", "--baseline"), checkpoints):

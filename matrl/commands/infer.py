@@ -46,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
     from graph_executor.errors import GraphError
     from matrl.infer.photo import PhotoError, parse_quad
-    from matrl.infer.pipeline import InferConfig, MaterialInference, default_checkpoint
-    from policy.checkpoint import CheckpointError
+    from matrl.infer.pipeline import InferConfig, MaterialInference
+    from policy.checkpoint import CheckpointError, released_checkpoint
     from policy.encoders import WeightsUnavailable
     from policy.retrieval import RetrievalIndexError
 
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         quad = parse_quad(args.quad) if args.quad else None
-        checkpoint = args.checkpoint if args.checkpoint is not None else default_checkpoint()
+        checkpoint = args.checkpoint if args.checkpoint is not None else released_checkpoint()
         if not args.photo.exists():  # before loading the model: a typo should fail fast
             raise PhotoError(f"{args.photo}: no such file")
         engine = MaterialInference(checkpoint, config)

@@ -42,7 +42,7 @@ from graph_executor.ir import Graph
 from graph_executor.library import load_library_graph
 from graph_executor.render import render_flash
 from policy.batching import PolicyBatch, collate
-from policy.checkpoint import CheckpointError, load_policy, read_checkpoint_info
+from policy.checkpoint import load_policy, read_checkpoint_info
 from policy.encoders import EncoderConfig
 from policy.sampler import Sampler, SamplingConfig
 from policy.tokenizer import GraphTokenizer, Vocabulary
@@ -50,26 +50,6 @@ from reward_service.api import LIBRARY_PREFIX, ScoreRequest
 from reward_service.config import RewardConfig
 from reward_service.worker import RewardWorker
 from rollout_workers.targets import Structure
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-MODELS_DIR = REPO_ROOT / "models"
-
-
-def default_checkpoint(models_dir: Path = MODELS_DIR) -> Path:
-    """The released policy checkpoint: the one directory under `models/` that holds a checkpoint
-    (config.json + model.safetensors). Raises CheckpointError saying what to pass when there is none
-    or more than one."""
-    found = sorted(p for p in models_dir.glob("*/") if (p / "config.json").is_file()
-                   and (p / "model.safetensors").is_file()) if models_dir.is_dir() else []
-    if not found:
-        raise CheckpointError(f"no released policy checkpoint under {models_dir}/: pass --checkpoint DIR, a "
-                              "checkpoint directory written by `matrl pretrain` or `matrl train` (it holds "
-                              "config.json and model.safetensors)")
-    if len(found) > 1:
-        raise CheckpointError(f"several checkpoints under {models_dir}/ ({', '.join(p.name for p in found)}): "
-                              "pass --checkpoint DIR to choose one")
-    return found[0]
-
 
 def pad_slots(batch: PolicyBatch, multiple: int) -> PolicyBatch:
     """The batch with its slot axis padded to a multiple of `multiple` (padded slots: mask False, only

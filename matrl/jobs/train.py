@@ -37,6 +37,7 @@ from learner.buffer import BufferConfig, ReplayBufferShell
 from learner.ppo import PPOConfig
 from matrl.jobs.pretrain import BootstrapConfig
 from matrl.jobs.runtime import LocalRuntime, RayRuntime, RoleDied
+from policy.checkpoint import CheckpointError, released_checkpoint
 from reward_service.config import RewardConfig
 from rollout_workers.actor import RewardEndpoint, RolloutSpec, RolloutWorkerShell
 from rollout_workers.targets import TargetsConfig
@@ -101,7 +102,8 @@ class ValidationConfig(_Strict):
 
 
 class TrainJobConfig(_Strict):
-    init: str = Field(description="pre-trained checkpoint directory, or pretrain:<preset> to make one first")
+    init: str = Field(description="pre-trained checkpoint directory, 'released' (the policy under models/, "
+                                  "see its MODEL_CARD.md), or pretrain:<preset> to make one first")
     iterations: int = Field(100, ge=1)
     max_wall_s: float | None = Field(None, gt=0, description="stop after the iteration that brings the training "
                                                             "time (sampling + PPO, summed over iterations) to this")
@@ -131,8 +133,14 @@ class TrainJobConfig(_Strict):
             if not group.min_workers <= group.workers <= group.max_workers:
                 raise ValueError(f"{role}.workers {group.workers} outside [{role}.min_workers {group.min_workers}, "
                                  f"{role}.max_workers {group.max_workers}]")
-        if not self.init.startswith("pretrain:") and not Path(self.init).is_dir():
-            raise ValueError(f"init: {self.init!r} is neither a checkpoint directory nor pretrain:<preset>")
+        if self.init == "released":
+            try:
+                released_checkpoint()
+            except CheckpointError as err:
+                raise ValueError(f"init: released: {err}") from None
+        elif not self.init.startswith("pretrain:") and not Path(self.init).is_dir():
+            raise ValueError(f"init: {self.init!r} is neither a checkpoint directory, 'released' nor "
+                             "pretrain:<preset>")
         if self.ppo.minibatch > self.trajectories_per_iteration:
             raise ValueError(f"ppo.minibatch {self.ppo.minibatch} exceeds the {self.trajectories_per_iteration} "
                              "trajectories of an iteration (rollout.workers x targets_per_worker x "
@@ -196,7 +204,7 @@ class TrainJob:
             if boot.graphs is None and self.config.targets.synthetic.graphs:
                 boot = boot.model_copy(update={"graphs": self.config.targets.synthetic.graphs})
             return bootstrap_policy(init.split(":", 1)[1], self.out, boot, self.config.seed)
-        return Path(init)
+        return released_checkpoint() if init == "released" else Path(init)
 
     def _check_resources(self) -> None:
         """On a Ray this job started itself (fixed size), actors that cannot all be placed would wait

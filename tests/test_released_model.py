@@ -1,0 +1,66 @@
+"""The released policy under models/ (issue 11 item 7): it loads offline with one call, fits the
+current node library, is small, says how it was made, and is what `init: released` and the
+`matrl infer` / `matrl eval` defaults resolve to."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from graph_executor.executor import Plan
+from graph_executor.library import load_library_graph
+from graph_executor.render import render_flash
+from matrl.cli import main
+from matrl.config import load_config
+from matrl.jobs.train import TrainJobConfig
+from policy.checkpoint import MODELS_DIR, load_policy, released_checkpoint
+from policy.tokenizer import Vocabulary
+
+CARD_SECTIONS = ("## Model", "## Data", "## Metrics", "## Limits", "## Licence")
+
+
+def test_the_released_policy_loads_offline_in_one_call_and_fits_the_node_library():
+    path = released_checkpoint()
+    assert path.parent == MODELS_DIR and path.name == "matrl-policy"
+    policy, info = load_policy(path)  # the weights are in the repository: no network, no package data
+    assert info.policy.vocab == Vocabulary.from_registry().to_dict(), \
+        "the node library changed since the release: retrain or convert models/matrl-policy"
+    assert info.encoder["name"] == "efficientnet_lite0" and info.encoder.get("pretrained") is None
+    assert sum(p.numel() for p in policy.parameters()) == 1_100_464
+    total = sum(f.stat().st_size for f in path.iterdir())
+    assert total < 20 * 2**20, f"models/matrl-policy is {total / 2**20:.1f} MB (the issue's bound is 20 MB)"
+    assert info.metrics["val_reward"] > info.train["val_reward_pretrained"]
+
+
+def test_the_model_card_says_what_the_issue_asks():
+    card = (released_checkpoint() / "MODEL_CARD.md").read_text()
+    for section in CARD_SECTIONS:
+        assert section in card, section
+    for fact in ("344,535 samples", "35,840", "Apache-2.0", "No photograph"):
+        assert fact in card, fact
+
+
+def test_infer_uses_the_released_policy_by_default(tmp_path):
+    torch.set_num_threads(1)
+    plan = Plan(load_library_graph("red_bricks"))
+    with torch.no_grad():
+        image = render_flash(plan.run(plan.stack(), res=256, seed=3))[0]
+    photo = tmp_path / "red_bricks.png"
+    Image.fromarray((image.clamp(0, 1) * 255 + 0.5).byte().permute(1, 2, 0).numpy()).save(photo)
+    out = tmp_path / "out"
+    assert main(["infer", str(photo), "--structures", "2", "--samples", "2", "--res", "128",
+                 "--match-res", "128", "-o", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["checkpoint"] == str(released_checkpoint())
+    assert np.isfinite(summary["best_reward"]) and summary["best_reward"] > summary["random_floor_reward"]
+
+
+def test_train_init_released_resolves_to_the_released_policy():
+    for preset in ("h200", "paper"):
+        assert load_config(TrainJobConfig, "train", preset, []).init == "released", preset
+    with pytest.raises(Exception, match="init: 'nowhere' is neither"):
+        load_config(TrainJobConfig, "train", "tiny", ["init=nowhere"])
