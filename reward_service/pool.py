@@ -76,6 +76,9 @@ class PoolConfig(BaseModel):
                                   "takes the server's chunk_samples")
     gpu_overrides: dict[str, Any] = Field(default_factory=dict, description="RewardConfig fields that differ on "
                                           "GPU workers (e.g. {compile: true, cnn_autocast: bfloat16})")
+    gpu_max_in_flight: int = Field(8, ge=1, description="tasks queued on one GPU worker at a time: in a mixed "
+                                   "pool small tasks wait for a GPU worker that would finish them sooner than an "
+                                   "idle CPU worker (see RewardPool._pick)")
 
     @model_validator(mode="after")
     def _check(self) -> "PoolConfig":
@@ -214,6 +217,9 @@ class WorkerSlot:
     dispatched: int = 0
     pid: int | None = None  # of the actor's process once ready: a restart changes it
     gpu: bool = False  # a GPU worker: takes `gpu_task_samples` rows per task, not counted by resizes
+    rate: float = 0.0  # measured samples/s of this worker (moving average of its tasks; 0: none yet)
+    task_samples: float = 0.0  # moving average of its tasks' sizes (what each task queued there holds)
+    free_at: float = 0.0  # monotonic time its last task came back
 
 
 class RewardPool:
@@ -497,14 +503,51 @@ class RewardPool:
             self._worker_failed(slot, err)
 
     # ---- dispatch --------------------------------------------------------------------------------
-    async def _acquire(self, deadline: float) -> WorkerSlot:
-        """The ready worker with the fewest tasks in flight (round-robin among equals), once one
-        has fewer than `max_in_flight`."""
+    def _cap(self, slot: WorkerSlot) -> int:
+        return self.config.gpu_max_in_flight if slot.gpu else self.config.max_in_flight
+
+    def _task_size(self, slot: WorkerSlot, rows: int, cpu_task: int | None) -> int:
+        """Rows `slot` would take of `rows` left (score_split cuts by worker kind)."""
+        return min(rows, self.config.gpu_task_samples if slot.gpu else (cpu_task or rows))
+
+    def _pick(self, rows: int = 1, cpu_task: int | None = None) -> WorkerSlot | None:
+        """The worker the next task goes to, or None to wait for one.
+
+        CPU-only pools (and mixed pools until every worker has a measured rate): the ready worker with
+        the fewest tasks in flight, round-robin among equals, once one has room. Mixed pools: the
+        worker expected to finish the task first, (tasks queued there × their mean size + this
+        task's rows) / its measured samples/s, waiting for it when it is full. A GPU worker scores
+        thousands of samples/s and a CPU worker ~10-100 at 256²: least-in-flight dispatch gave each
+        CPU worker a target's 8 samples (~1 s of work) while the GPU worker, done in milliseconds,
+        sat idle, so one GPU reward actor beside 12 CPU workers did not shorten an H200 iteration."""
+        ready = [s for s in self.slots if s.state is SlotState.READY]
+        free = [s for s in ready if s.in_flight < self._cap(s)]
+        if not any(s.gpu for s in ready) or any(s.rate <= 0 for s in ready):
+            return min(free, key=lambda s: (s.in_flight, s.dispatched)) if free else None
+
+        def finish(s: WorkerSlot) -> tuple:
+            return ((s.in_flight * s.task_samples + self._task_size(s, rows, cpu_task)) / s.rate,
+                    s.in_flight, s.dispatched)
+        best = min(ready, key=finish)
+        return best if best.in_flight < self._cap(best) else None
+
+    def _measured(self, slot: WorkerSlot, rows: int, sent_at: float) -> None:
+        """Update `slot`'s rate from a task of `rows` that came back now (its service time: from when
+        it was sent, or from the previous task's return if it waited behind that one)."""
+        now = time.monotonic()
+        service = now - max(sent_at, slot.free_at)
+        slot.free_at = now
+        if service <= 0 or rows <= 0:
+            return
+        rate = rows / service
+        slot.rate = rate if slot.rate <= 0 else 0.7 * slot.rate + 0.3 * rate
+        slot.task_samples = rows if slot.task_samples <= 0 else 0.7 * slot.task_samples + 0.3 * rows
+
+    async def _acquire(self, deadline: float, rows: int = 1, cpu_task: int | None = None) -> WorkerSlot:
+        """A worker for the next task (`_pick`), counted in flight; waits until one has room."""
         while True:
-            ready = [s for s in self.slots
-                     if s.state is SlotState.READY and s.in_flight < self.config.max_in_flight]
-            if ready:
-                slot = min(ready, key=lambda s: (s.in_flight, s.dispatched))
+            slot = self._pick(rows, cpu_task)
+            if slot is not None:
                 slot.in_flight += 1
                 slot.dispatched += 1
                 return slot
@@ -558,8 +601,8 @@ class RewardPool:
                 for _, task in running:
                     if task.done() and task.exception() is not None:
                         raise task.exception()
-                slot = await self._acquire(deadline)
-                size = self.config.gpu_task_samples if slot.gpu else task_samples
+                slot = await self._acquire(deadline, n - lo, task_samples)
+                size = self._task_size(slot, n - lo, task_samples)
                 part = _rows(request, lo, lo + size)
                 task = asyncio.ensure_future(self._run_task(part, deadline, bounded, slot))
                 task.add_done_callback(_retrieve)
@@ -589,9 +632,10 @@ class RewardPool:
                     raise UnknownTarget(f"target: unknown target key {key!r}; register it with PutTarget")
                 version = self.targets[key][1]
             if slot is None:
-                slot = await self._acquire(deadline)
+                slot = await self._acquire(deadline, len(request.seeds))
             task_id = f"t{next(self._task_ids)}"
-            remaining = deadline - time.monotonic()
+            sent_at = time.monotonic()
+            remaining = deadline - sent_at
             ref = slot.actor.score.remote(request, time.time() + remaining if bounded else None, task_id, version)
             done = asyncio.wrap_future(ref.future())
             try:
@@ -619,6 +663,7 @@ class RewardPool:
             except BaseException:
                 self._release(slot)
                 raise
+            self._measured(slot, len(request.seeds), sent_at)
             self._release(slot)
             self.counters["tasks"] += 1
             return results

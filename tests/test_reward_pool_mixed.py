@@ -58,6 +58,7 @@ def test_gpu_workers_take_big_tasks_and_results_equal_one_worker(service):
     tasks = [after["requests"] - before["requests"] for before, after in zip(stats_before, stats)]
     # free workers take the next slice in turn: CPU 8, GPU 48, CPU 8, GPU the last 16
     assert samples == [2 * CPU_TASK, 80 - 2 * CPU_TASK] and tasks == [2, 2]
+    assert all(slot.rate > 0 for slot in service.pool.slots)  # measured: mixed dispatch now goes by rate
     reference = RewardWorker(REWARD).score(request(80))
     assert all(r.ok for r in results)
     assert [r.reward for r in results] == pytest.approx([r.reward for r in reference], abs=1e-5)
@@ -80,3 +81,51 @@ def test_gpu_worker_config_is_the_pool_config_with_its_device_and_overrides():
         PoolConfig(gpu_overrides={"device": "cuda"})
     with pytest.raises(ValidationError, match="no_such_field"):
         RewardPool(REWARD, PoolConfig(gpu_overrides={"no_such_field": 1}))
+
+
+def _slots(pool: RewardPool, *specs):
+    """Fake READY slots (no actors): (gpu, rate in samples/s, tasks in flight, mean task size)."""
+    from reward_service.pool import SlotState, WorkerSlot
+    pool.slots = [WorkerSlot(f"w{i}", None, SlotState.READY, in_flight=k, gpu=gpu, rate=rate, task_samples=size)
+                  for i, (gpu, rate, k, size) in enumerate(specs)]
+    return pool.slots
+
+
+def test_mixed_pools_send_a_task_to_the_worker_that_finishes_it_first():
+    """A target's 8 samples: ~1 s on an idle CPU worker at 8 samples/s, ~0.03 s behind 7 queued tasks
+    on a GPU worker at 2,000 samples/s — the GPU worker takes it, and a full GPU worker is waited
+    for, not replaced by a CPU worker that would finish later. Big requests still go to an idle CPU
+    worker when the GPU worker's queue would take longer than the CPU worker's slice."""
+    pool = RewardPool(REWARD, PoolConfig(workers=2, gpu_workers=1, gpu_task_samples=4096, gpu_max_in_flight=8))
+    cpu_a, cpu_b, gpu = _slots(pool, (False, 8.0, 0, 8), (False, 8.0, 0, 8), (True, 2000.0, 7, 8))
+    assert pool._pick(8) is gpu
+    gpu.in_flight = 8
+    assert pool._pick(8) is None  # full: wait for it (_acquire waits for a change)
+    gpu.in_flight, gpu.task_samples = 2, 4096  # two big tasks queued: ~4 s
+    assert pool._pick(10_000, cpu_task=8) is cpu_a  # 8 rows in 1 s beat 4 s + 2 s
+    cpu_a.in_flight = 2
+    assert pool._pick(10_000, cpu_task=8) is cpu_b
+
+
+def test_pools_without_gpu_workers_or_rates_keep_least_in_flight_dispatch():
+    pool = RewardPool(REWARD, PoolConfig(workers=2))
+    first, second = _slots(pool, (False, 0.0, 1, 0), (False, 0.0, 0, 0))
+    assert pool._pick(8) is second
+    second.in_flight = 2
+    assert pool._pick(8) is first
+    first.in_flight = 2
+    assert pool._pick(8) is None
+    mixed = RewardPool(REWARD, PoolConfig(workers=1, gpu_workers=1))
+    cpu, gpu = _slots(mixed, (False, 0.0, 0, 0), (True, 5000.0, 1, 8))  # the CPU worker is not measured yet
+    assert mixed._pick(8) is cpu
+
+
+def test_a_returned_task_updates_its_workers_rate():
+    pool = RewardPool(REWARD, PoolConfig(workers=1))
+    (slot,) = _slots(pool, (False, 0.0, 1, 0))
+    import time as _time
+    sent = _time.monotonic() - 0.5
+    pool._measured(slot, 8, sent)
+    assert 8 / 0.6 < slot.rate < 8 / 0.45 and slot.task_samples == 8
+    pool._measured(slot, 8, sent)  # queued behind the first: its service time starts at the first's return
+    assert slot.rate > 8 / 0.45
