@@ -31,6 +31,7 @@ def test_reward_worker_scaling_reports_every_point_with_its_time_split():
             assert r["efficiency"] == 1.0
 
 
+@pytest.mark.slow  # 70 s of Ray and gRPC start-ups; the service paths it drives have their own fast tests
 def test_reward_load_measures_raw_service_and_the_compute_control_at_each_worker_count():
     summary = run_json("reward_load.py", "--workers", "1,2", "--duration", "3", "--res", "64", "--micro-batch", "8")
     assert summary["errors"] == 0

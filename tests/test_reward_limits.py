@@ -119,11 +119,20 @@ def test_short_deadlines_neither_freeze_the_worker_nor_get_it_counted_dead(servi
     assert all(r.ok for r in client.score(request(2)))
     before = client.pool_status()
     pid = worker_pid(service)
-    for _ in range(6):  # 16 samples: far more work than a loaded host's deadline-timer slack (a
-        # 2-sample request once finished before the client's 1 ms timer fired, in a full suite run)
-        with pytest.raises(RewardServiceError) as err:
-            client.score(request(16), timeout_s=0.001)
-        assert err.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    exceeded = 0
+    for _ in range(6):
+        # On a loaded host gRPC's client may handle the answer before its own late 1 ms deadline
+        # timer (seen twice in full suite runs, with 2 and with 16 samples): such a call succeeds,
+        # which is not what this test is about. Every failure must be the deadline, and most calls
+        # must fail, or the test would not exercise short deadlines at all.
+        try:
+            results = client.score(request(16), timeout_s=0.001)
+        except RewardServiceError as err:
+            assert err.code is grpc.StatusCode.DEADLINE_EXCEEDED, err
+            exceeded += 1
+        else:
+            assert all(r.ok for r in results)
+    assert exceeded >= 4, f"only {exceeded} of 6 calls with a 1 ms deadline hit it"
     for _ in range(4):  # other clients' ordinary requests, each well under the 30 s freeze
         assert all(r.ok for r in client.score(request(2), timeout_s=20))
     wait_for(lambda: client.pool_status()["in_flight"] == 0, what="no task in flight")

@@ -301,6 +301,7 @@ def test_train_job_stops_at_max_wall_s(service, init_checkpoint, tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "latest" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow  # 45 s; the default suite keeps test_rllib_ppo_sequence_formulation_trains_two_iterations_on_cpu
 def test_side_by_side_benchmark_quick_runs_both_systems(tmp_path):
     """`benchmarks/rllib_baseline.py --quick`: matrl and RLlib PPO in one run, a row each (~1 min)."""
     import json
