@@ -174,21 +174,90 @@ def test_ray_train_ddp_on_two_cpu_workers(dataset, tmp_path):
     assert (tmp_path / "ddp" / "ray" / "pretrain" / "epoch_0002" / "model.safetensors").is_file()
 
 
-def test_quality_report_matches_the_trainer_and_scores_every_condition(dataset, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_checkpoint(dataset, tmp_path_factory):
+    """One epoch on 32 samples: (checkpoint, its last epoch's metrics)."""
+    out = tmp_path_factory.mktemp("quality")
+    trainer = Pretrainer(tiny_config(dataset, out / "run", **{"train.epochs": 1, "data.max_train_samples": 32}))
+    trained = trainer.fit()[-1]
+    return out / "run" / "checkpoints" / "epoch_0001", trained
+
+
+def test_quality_report_matches_the_trainer_and_scores_every_condition(dataset, tiny_checkpoint):
     from learner.pretrain_eval import CONDITIONS, evaluate_checkpoint, format_report
 
-    trainer = Pretrainer(tiny_config(dataset, tmp_path / "run", **{"train.epochs": 1, "data.max_train_samples": 32}))
-    trained = trainer.fit()[-1]
-    report = evaluate_checkpoint(tmp_path / "run" / "checkpoints" / "epoch_0001", dataset, split="val")
+    checkpoint, trained = tiny_checkpoint
+    report = evaluate_checkpoint(checkpoint, dataset, split="val")
     assert report.samples == 32 and report.graphs == 2 and report.structures == 1
     assert report.teacher_forced_loss == pytest.approx(trained.val_loss, rel=1e-3)
     assert report.teacher_forced_token_accuracy == pytest.approx(trained.val_token_accuracy, abs=1e-3)
     assert 0 <= report.greedy_token_accuracy <= 1
+    assert CONDITIONS == ("greedy", "top1_of_5", "prior", "uniform", "truth")
     for condition in CONDITIONS:
         stat = report.reward[condition]
         assert stat.n == 32 and -1 <= stat.mean <= 1, condition
+        assert report.lpips[condition].n == 32 and report.lpips[condition].mean > 0, condition
     assert report.failures == {}
-    assert "| truth |" in format_report(report)
+    text = format_report(report)
+    assert "| truth |" in text and "| greedy − prior |" in text and "| top1_of_5 |" in text
+
+    # per-target rows: every sample once; the best of 5 includes the greedy candidate
+    assert sorted(r.index for r in report.targets) == list(range(32))
+    assert all(r.reward["top1_of_5"] >= r.reward["greedy"] for r in report.targets)
+    assert any(r.reward["top1_of_5"] > r.reward["greedy"] for r in report.targets)  # the draws are scored
+    # paired differences: the statistics of the per-target differences, interval around the mean
+    for (a, b), measure, paired in [(("greedy", "prior"), "reward", report.paired),
+                                    (("greedy", "uniform"), "reward", report.paired),
+                                    (("top1_of_5", "prior"), "reward", report.paired),
+                                    (("greedy", "prior"), "lpips", report.paired_lpips)]:
+        diffs = [getattr(r, measure)[a] - getattr(r, measure)[b] for r in report.targets]
+        stat = paired[f"{a}_minus_{b}"]
+        assert stat.n == 32 and stat.mean == pytest.approx(sum(diffs) / 32, abs=1e-12), (a, b, measure)
+        lo, hi = stat.ci95
+        assert lo < stat.mean < hi and hi - lo < max(diffs) - min(diffs), (a, b, measure)
+        if measure == "reward":  # no failures: the mean difference is the difference of the means
+            assert stat.mean == pytest.approx(report.reward[a].mean - report.reward[b].mean, abs=1e-9)
+
+    # the distance is measured on the render the reward scored: re-render one target's truth here
+    from graph_executor.executor import Plan
+    from graph_executor.render import render_flash
+    from learner.dataset import SyntheticDataset, decode_png, load_graphs
+    from reward_service.metrics import AppearanceMetric
+
+    row = report.targets[5]
+    data = SyntheticDataset(dataset, "val")
+    item = data[row.index]
+    plan = Plan(load_graphs(dataset)[row.graph])
+    with torch.no_grad():
+        image = render_flash(plan.run(plan.stack([json.loads(item["params"])]), res=64,
+                                      seed=(item["seed"] + 1) & 0x7FFFFFFF))
+        target = torch.from_numpy(decode_png(data.table.column("image")[row.index].as_py()).copy())
+        metric = AppearanceMetric()
+        measured = metric.evaluate(image, target.permute(2, 0, 1)[None].float() / 255)
+    assert float(measured["reward"][0]) == pytest.approx(row.reward["truth"], abs=1e-4)
+    assert float(measured[report.lpips_name][0]) == pytest.approx(row.lpips["truth"], abs=1e-4)
+
+
+def test_quality_report_json_carries_targets_and_paired_differences(dataset, tiny_checkpoint, tmp_path, capsys):
+    from learner.pretrain_eval import CONDITIONS, main as eval_main
+
+    out = tmp_path / "quality.json"
+    assert eval_main(["--checkpoint", str(tiny_checkpoint[0]), "--data", str(dataset), "--split", "val",
+                      "--max-per-graph", "3", "--per-target", "--json", str(out)]) == 0
+    assert "| greedy − prior |" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert {"reward", "lpips", "paired", "paired_lpips", "targets", "lpips_name"} <= set(report)
+    assert set(report["paired"]) == {"greedy_minus_prior", "greedy_minus_uniform", "top1_of_5_minus_prior"}
+    gp = report["paired"]["greedy_minus_prior"]
+    assert gp["n"] == 6 and gp["ci95"][0] < gp["mean"] < gp["ci95"][1]
+    assert len(report["targets"]) == 6
+    for row in report["targets"]:
+        assert set(row) == {"index", "graph", "reward", "lpips"} and set(row["reward"]) == set(CONDITIONS)
+    diffs = [r["reward"]["greedy"] - r["reward"]["prior"] for r in report["targets"]]
+    assert gp["mean"] == pytest.approx(sum(diffs) / 6)
+    assert all(set(report[k][c]) == {"mean", "ci95", "stderr", "n"} for k in ("reward", "lpips") for c in CONDITIONS)
+    assert eval_main(["--checkpoint", str(tiny_checkpoint[0]), "--data", str(dataset), "--split", "nowhere"]) == 2
+    assert "nowhere" in capsys.readouterr().err
 
 
 def test_streaming_ranks_stop_after_the_same_number_of_steps(dataset, tmp_path):

@@ -120,3 +120,36 @@ def held_out_library() -> list[str]:
     rl = load_config(TrainJobConfig, "train", "h200", []).targets.synthetic.graphs
     assert not set(online.data.held_out.library) & set(rl)
     return list(online.data.held_out.library)
+
+
+def test_the_pretraining_record_parses_and_matches_the_released_policy():
+    """docs/pretraining.json (issue 11's check record): the keys with finite numbers, the samples the
+    model card states, and the held-out figures of exactly the released weights."""
+    import hashlib
+    import math
+    import re
+    from pathlib import Path
+
+    record = json.loads((Path(__file__).resolve().parents[1] / "docs" / "pretraining.json").read_text())
+    for key in ("samples_seen", "trained_samples_per_s_per_gpu", "trained_samples_per_s_note", "checkpoint",
+                "heldout", "real", "real_note"):
+        assert key in record, key
+    card = (released_checkpoint() / "MODEL_CARD.md").read_text()
+    stated = re.search(r"= ([\d,]+) samples", card)
+    assert stated and record["samples_seen"] == int(stated.group(1).replace(",", "")) == 344_535
+    assert math.isfinite(record["trained_samples_per_s_per_gpu"]) and record["trained_samples_per_s_per_gpu"] > 0
+    assert "eager" in record["trained_samples_per_s_note"]
+    assert released_checkpoint() == MODELS_DIR / Path(record["checkpoint"]).name
+    weights = hashlib.sha256((released_checkpoint() / "model.safetensors").read_bytes()).hexdigest()
+    assert record["checkpoint_sha256"] == weights, "docs/pretraining.json describes other weights than the release"
+    held = record["heldout"]
+    for condition in ("greedy", "top1_of_5", "prior", "uniform", "truth"):
+        assert math.isfinite(held[condition]), condition
+        lo, hi = record["heldout_ci95"][condition]
+        assert lo <= held[condition] <= hi, condition
+    assert held["uniform"] < held["greedy"] <= held["top1_of_5"] and held["prior"] < held["truth"]
+    paired = held["greedy_minus_prior"]
+    assert all(math.isfinite(v) for v in [paired["mean"], *paired["ci95"]])
+    assert paired["ci95"][0] <= paired["mean"] <= paired["ci95"][1]
+    assert held["target_met"] == (paired["ci95"][0] > 0)
+    assert record["real"] is None and record["real_note"].startswith("not measured")
