@@ -152,4 +152,14 @@ def test_the_pretraining_record_parses_and_matches_the_released_policy():
     assert all(math.isfinite(v) for v in [paired["mean"], *paired["ci95"]])
     assert paired["ci95"][0] <= paired["mean"] <= paired["ci95"][1]
     assert held["target_met"] == (paired["ci95"][0] > 0)
-    assert record["real"] is None and record["real_note"].startswith("not measured")
+    real = record["real"]
+    assert real["checkpoint"] == record["checkpoint"] and real["k"] == 5 and real["photos"] > 0
+    for condition in ("greedy", "authored", "prior"):
+        stat = real["reward"][condition]
+        assert all(math.isfinite(v) for v in [stat["mean"], stat["stderr"], *stat["ci95"]]), condition
+        assert stat["ci95"][0] <= stat["mean"] <= stat["ci95"][1] and stat["n"] == real["photos"], condition
+    for key in ("greedy_minus_authored", "greedy_minus_prior"):
+        stat = real["paired"][key]
+        assert all(math.isfinite(v) for v in [stat["mean"], *stat["ci95"]]), key
+        assert stat["ci95"][0] <= stat["mean"] <= stat["ci95"][1] and stat["n"] == real["photos"], key
+    assert f"{real['photos']} " in record["real_note"] and "--real-photos" in record["real_note"]
