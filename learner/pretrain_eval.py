@@ -21,7 +21,8 @@ conditions scored (mean and 95 % t-interval, `learner.stats.Stat.paired`): the i
 
 Run: `python -m learner.pretrain_eval --checkpoint RUN/checkpoints/epoch_0010 --data DIR --json out.json`.
 
-On real flash photos (`--real-photos ../shared/real_photos --retrieval module:function`), where no
+On real flash photos (`--real-photos ../shared/real_photos`; `--retrieval module:function`, default
+`policy.retrieval:library_structures`), where no
 ground truth exists, each photo gets k structures from a retrieval function and each condition
 (greedy, the structures' authored values, a prior draw) keeps its best reward over them: the
 real-photo row, by which training variants (e.g. each photo-like augmentation switched off) are
@@ -422,8 +423,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test", help="split of --data (default test)")
     parser.add_argument("--max-per-graph", type=int, help="samples per graph of --data")
     parser.add_argument("--real-photos", type=Path, help="score real photos (material/N.jpg) instead of --data, "
-                        "e.g. ../shared/real_photos; needs --retrieval")
-    parser.add_argument("--retrieval", help="module:function giving each photo's k structures (real photos)")
+                        "e.g. ../shared/real_photos")
+    parser.add_argument("--retrieval", default="policy.retrieval:library_structures",
+                        help="module:function giving each photo's k structures (real photos; default: k-NN in "
+                             "the bundled index of library renders)")
     parser.add_argument("--k", type=int, default=5, help="structures retrieved per photo (paper: 5)")
     parser.add_argument("--res", type=int, default=256, help="render resolution for real photos")
     parser.add_argument("--max-photos", type=int, help="score at most this many photos")
@@ -436,8 +439,6 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if (args.data is None) == (args.real_photos is None):
         parser.error("give exactly one of --data and --real-photos")
-    if args.real_photos is not None and not args.retrieval:
-        parser.error("--real-photos needs --retrieval module:function (k-NN over library renders)")
     try:
         if args.real_photos is not None:
             report = evaluate_real_photos(args.checkpoint, args.real_photos, load_retrieval(args.retrieval),

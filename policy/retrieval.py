@@ -423,6 +423,16 @@ def draw_structure(retrieved: list[Retrieved], rng: random.Random) -> str:
     return retrieved[rng.randrange(len(retrieved))].structure_id
 
 
+def library_structures(image: Any, k: int) -> list[Graph]:
+    """The k library graphs nearest to `image` in the bundled index, nearest first: the retrieval
+    function of `python -m learner.pretrain_eval --real-photos` (`--retrieval
+    policy.retrieval:library_structures`, its default)."""
+    from graph_executor.library import library_graphs
+
+    graphs = library_graphs()
+    return [graphs[r.structure_id] for r in default_index().retrieve(image, k)]
+
+
 @lru_cache(maxsize=2)
 def default_index(device: str = "cpu") -> RetrievalIndex:
     """The bundled index of the bundled library (offline), checked against the current library.

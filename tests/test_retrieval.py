@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from graph_executor.ir import Graph
 from graph_executor.library import library_graphs, library_names, load_library_graph
 from matrl.cli import main
 from policy.encoders import EncoderConfig
@@ -78,6 +79,22 @@ def test_bundled_index_finds_the_structure_of_a_fresh_library_render(bundled):
     misses = {gid: f[0].structure_id for gid, f in zip(ids, found) if f[0].structure_id != gid}
     assert top1 >= MIN_TOP1, f"top-1 {top1:.3f}; misses {misses}"
     assert top5 >= MIN_TOP5, f"top-5 {top5:.3f}; misses {misses}"
+
+
+def test_library_structures_returns_the_k_nearest_library_graphs(bundled):
+    """`policy.retrieval:library_structures`, pretrain_eval's default real-photo retrieval: Graph
+    objects of the library, nearest first, the same order as the index's own answer."""
+    from learner.pretrain_eval import load_retrieval
+    from policy.retrieval import library_structures
+
+    assert load_retrieval("policy.retrieval:library_structures") is library_structures
+    image = fresh_render("red_bricks", bundled.meta["res"])[0]
+    graphs = library_structures(image, 5)
+    expected = [r.structure_id for r in bundled.retrieve(image, 5)]
+    assert len(graphs) == 5 and all(isinstance(g, Graph) for g in graphs)
+    library = library_graphs()
+    assert [g.to_json() for g in graphs] == [library[gid].to_json() for gid in expected]
+    assert expected[0] == "red_bricks"
 
 
 @pytest.mark.slow
